@@ -1,0 +1,512 @@
+"""Streaming image-text loader over webdataset tar shards, with exactly-once epochs and exact resume.
+
+Pipeline, per (rank, worker) slot, each stage a small generator:
+
+  shard plan -> read tar (webdataset gopen + tar_file_expander + group_by_keys)
+    -> seeded shuffle buffer -> [cursor: items counted here] -> decode + transform
+    -> caption choice + tokenize (+ MLM masking) -> batch
+
+Epoch mode: in epoch ``e`` the shards of all sources are permuted with seed (seed, e) and dealt
+out strided: rank ``r`` gets ``order[r::world_size]`` and its worker ``w`` gets every
+``num_workers``-th of those. Every shard is read by exactly one slot per epoch and the shuffle
+buffer is seeded per (seed, e, rank, worker) and drained at the end of the epoch, so each epoch's
+samples appear exactly once across ranks x workers. Each slot's stream is infinite: after its
+part of epoch e it continues with its part of e+1, and batches run on across the boundary.
+Shard counts and sizes need not be even: ranks (and workers) whose part of an epoch is shorter
+drift into the next epoch sooner. No rank ever waits for another, every rank yields batches
+forever (training is driven by a sample budget), and each epoch's stream is still exactly-once;
+only the moment at which a slot moves on differs. ``loader.epoch`` is the oldest epoch any of
+this rank's workers is still reading.
+
+Resampled mode: each slot draws shards with replacement, first a source by its mixing weight,
+then a shard uniformly within it, from an RNG seeded by (seed, rank, worker).
+
+Exact resume: a worker's stream up to the decode stage depends only on (seed, rank, worker,
+shards), so its position is one integer, the *cursor* (items taken from the shuffle buffer,
+including ones later skipped). Workers send their cursor, epoch and cumulative skip counts with
+every batch; the main process keeps, per logical worker, those of the last batch it handed out,
+plus the number of batches handed out. On resume each worker rebuilds its stream and drops
+``cursor`` items without decoding them. torch's DataLoader hands batches out round-robin from
+physical worker 0, so physical worker ``p`` plays logical worker ``(p + batches) % num_workers``:
+the logical worker next in line is served first, as in the uninterrupted run.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from data.decode import decode_image, resize_target
+from data.masking import mask_tokens
+from data.shards import (
+    Shard, Source, derive_seed, epoch_order, rank_shard_count, resolve_sources, slot_shards,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("epoch", "resampled")
+SKIP = "__skip__"  # marker items carry the skip reason under this key
+MAX_CONSECUTIVE_SKIPS = 10_000  # then the data is broken, not noisy: fail instead of spinning
+WARN_PER_REASON = 10  # per worker; later skips of a reason are only counted
+
+
+@dataclass
+class DataConfig:
+    """Training data. ``train``: a spec, a list of specs (pooled), or a list of
+    ``{"spec": str, "weight": float}`` (weighted mixing, resampled mode)."""
+
+    train: Any = None
+    split: str = "train"
+    mode: str = "epoch"
+    workers: int = 2
+    shuffle_buffer: int = 1000
+    fast_decode: bool = True
+    image_key: str = "jpg"
+    caption_key: str = "txt"
+    multi_caption: bool = True  # pick one of json["captions"] per (seed, epoch, key)
+    prefetch_factor: int = 2
+
+    def __post_init__(self) -> None:
+        _check_train(self.train, self.mode)
+        if self.split not in ("train", "val"):
+            raise ValueError(f"split: {self.split!r} is not a split; use 'train' or 'val'")
+        if self.mode not in MODES:
+            raise ValueError(f"mode: {self.mode!r} is unknown; use 'epoch' or 'resampled'")
+        for name in ("workers", "shuffle_buffer"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: must be an int >= 0, got {value!r}")
+        if not isinstance(self.prefetch_factor, int) or self.prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor: must be an int >= 1, got {self.prefetch_factor!r}")
+        for name in ("fast_decode", "multi_caption"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+        for name in ("image_key", "caption_key"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name}: must be a non-empty string (a file extension in the shards)")
+
+
+def _check_train(train: Any, mode: str) -> None:
+    if isinstance(train, str):
+        if not train.strip():
+            raise ValueError("train: empty shard spec; set it to a shard directory, brace pattern or .tar path")
+        return
+    if not isinstance(train, (list, tuple)) or not train:
+        raise ValueError(f"train: expected a spec string or a non-empty list of specs, got {train!r}")
+    if all(isinstance(entry, str) and entry.strip() for entry in train):
+        return
+    for entry in train:
+        if not (isinstance(entry, dict) and isinstance(entry.get("spec"), str) and set(entry) <= {"spec", "weight"}):
+            raise ValueError(f"train: bad entry {entry!r}; use all spec strings or all {{spec: str, weight: float}}")
+        weight = entry.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+            raise ValueError(f"train: weight of {entry['spec']!r} must be a number > 0, got {weight!r}")
+    if mode == "epoch" and len({float(e.get("weight", 1.0)) for e in train}) > 1:
+        raise ValueError("train: mixing weights need mode 'resampled' (epoch mode reads every sample once)")
+
+
+# ----------------------------------------------------------------------------- stream stages
+
+
+def _skip_item(reason: str, url: str, key: str, detail: str) -> dict:
+    return {SKIP: reason, "__url__": url, "__key__": key, "detail": detail}
+
+
+def read_shard(url: str) -> Iterator[dict]:
+    """Samples of one tar shard (dicts: __key__, __url__, one bytes value per extension).
+
+    A shard that cannot be opened or read to the end ends with one skip marker item
+    ("unreadable_shard" when nothing was read, else "truncated_tar"); samples before the
+    damage are kept.
+    """
+    errors: list[Exception] = []
+
+    def stop(exn: Exception) -> bool:  # webdataset handler: record and stop this shard
+        errors.append(exn)
+        return False
+
+    produced, last_key = 0, ""
+    try:
+        stream = gopen(url)
+        files = tar_file_expander([{"url": url, "stream": stream}], handler=stop, eof_value=None)
+        for sample in group_by_keys(files, handler=stop):
+            produced, last_key = produced + 1, sample["__key__"]
+            yield sample
+        stream.close()  # a pipe: URL reports a failed command here
+    except Exception as exn:
+        errors.append(exn)
+    if errors:
+        reason = "truncated_tar" if produced else "unreadable_shard"
+        detail = f"{type(errors[0]).__name__}: {errors[0].args[0] if errors[0].args else ''}"[:200]
+        yield _skip_item(reason, url, f"after {last_key}" if last_key else "-", detail)
+
+
+class BarrenGuard:
+    """Fails after ``limit`` shards in a row without a single sample (empty or unreadable data):
+    an infinite stream over such shards would otherwise spin forever without yielding."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.barren = limit, 0
+
+    def update(self, got_sample: bool, url: str) -> None:
+        self.barren = 0 if got_sample else self.barren + 1
+        if self.barren > self.limit:
+            raise RuntimeError(f"no samples in {self.barren} shards in a row (last {url}); check the shards")
+
+
+def read_shards(shards: Iterable[tuple[Shard, int, int]], guard: BarrenGuard) -> Iterator[dict]:
+    """Items of consecutive shards; ``shards`` yields (shard, epoch, caption round) to tag them with."""
+    for shard, epoch, round_ in shards:
+        got_sample = False
+        for item in read_shard(shard.url):
+            got_sample = got_sample or SKIP not in item
+            item["__epoch__"], item["__round__"] = epoch, round_
+            yield item
+        guard.update(got_sample, shard.url)
+
+
+def shuffle(items: Iterable[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """Seeded reservoir shuffle: fill ``bufsize`` items, then emit a random one per new item; drain."""
+    if bufsize <= 1:
+        yield from items
+        return
+    buffer: list[dict] = []
+    for item in items:
+        if len(buffer) < bufsize:
+            buffer.append(item)
+            continue
+        index = rng.randrange(bufsize)
+        buffer[index], item = item, buffer[index]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything that fixes the per-slot item streams (picklable, sent to workers)."""
+
+    sources: tuple[Source, ...]
+    mode: str
+    seed: int
+    rank: int
+    world_size: int
+    num_slots: int  # workers of this rank; 1 when loading in-process
+    shuffle_buffer: int
+
+    @property
+    def all_shards(self) -> list[Shard]:
+        return [shard for source in self.sources for shard in source.shards]
+
+    def items(self, worker: int) -> Iterator[dict]:
+        """The infinite, deterministic item stream of logical ``worker`` (before decode)."""
+        guard = BarrenGuard(2 * len(self.all_shards) + 8)
+        if self.mode == "resampled":
+            order = read_shards(self._resampled_draws(worker), guard)
+            yield from shuffle(order, self.shuffle_buffer, random.Random(derive_seed(self.seed, 0, self.rank, worker)))
+            return
+        for epoch in itertools.count():
+            part = slot_shards(epoch_order(self.all_shards, self.seed, epoch), self.rank, self.world_size,
+                               worker, self.num_slots)
+            rng = random.Random(derive_seed(self.seed, epoch, self.rank, worker))
+            yield from shuffle(read_shards(((s, epoch, epoch) for s in part), guard), self.shuffle_buffer, rng)
+
+    def _resampled_draws(self, worker: int) -> Iterator[tuple[Shard, int, int]]:
+        """(shard, epoch 0, draw index) forever: source by weight, then shard uniformly."""
+        rng = random.Random(derive_seed("resample", self.seed, self.rank, worker))
+        weights = [source.weight for source in self.sources]
+        for draw in itertools.count():
+            source = rng.choices(self.sources, weights=weights)[0]
+            yield rng.choice(source.shards), 0, draw
+
+
+# ----------------------------------------------------------------------------- decode + batch
+
+
+class SkipSample(Exception):
+    """A sample that cannot be used; ``reason`` is the skip-count key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SampleDecoder:
+    """Raw sample dict -> (image tensor [3, H, W], caption) in the worker; raises SkipSample."""
+
+    preprocess: Callable
+    image_key: str
+    caption_key: str
+    multi_caption: bool
+    seed: int
+    draft_side: int | None
+
+    def __call__(self, sample: dict, augment_seed: int) -> tuple[torch.Tensor, str]:
+        """``augment_seed`` seeds torch's RNG for the random transforms (restored afterwards, so
+        in-process loading leaves the training RNG alone): resumed runs get identical images."""
+        if self.image_key not in sample or not {self.caption_key, "json"} & sample.keys():
+            # e.g. the last sample before the damage in a truncated tar
+            raise SkipSample("incomplete_sample", f"has only {sorted(k for k in sample if not k.startswith('__'))}")
+        caption = self.caption(sample)
+        try:
+            image = decode_image(sample[self.image_key], self.draft_side)
+        except Exception as exn:  # PIL raises OSError, ValueError, SyntaxError, ... on bad bytes
+            raise SkipSample("corrupt_image", repr(exn)[:200]) from None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(augment_seed)
+            return self.preprocess(image), caption
+
+    def caption(self, sample: dict) -> str:
+        """One caption: from json["captions"] chosen by (seed, round, key) when there are several."""
+        captions: list[str] = []
+        if self.multi_caption and "json" in sample:
+            try:
+                captions = [c for c in json.loads(sample["json"]).get("captions", []) if isinstance(c, str) and c.strip()]
+            except (ValueError, AttributeError) as exn:
+                raise SkipSample("corrupt_json", repr(exn)[:200]) from None
+        if len(captions) > 1:
+            rng = random.Random(derive_seed("caption", self.seed, sample["__round__"], sample["__key__"]))
+            return rng.choice(captions)
+        if captions:
+            return captions[0]
+        text = sample.get(self.caption_key, b"").decode("utf-8", errors="replace").strip()
+        if not text:
+            raise SkipSample("empty_caption", f"no .{self.caption_key} text")
+        return text
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    probability: float
+    mask_token_id: int
+    vocab_size: int
+    special_ids: tuple[int, ...]
+
+
+@dataclass
+class WorkerState:
+    """Per logical worker: cursor (items consumed), current epoch, cumulative skips by reason."""
+
+    cursor: int = 0
+    epoch: int = 0
+    skipped: dict[str, int] | None = None
+
+    def to_dict(self) -> dict:
+        return {"cursor": self.cursor, "epoch": self.epoch, "skipped": dict(self.skipped or {})}
+
+
+class StreamDataset(IterableDataset):
+    """Yields batches (dicts) with a "_meta" entry that the StreamingLoader strips off."""
+
+    def __init__(self, plan: StreamPlan, decoder: SampleDecoder, tokenizer: Callable, batch_size: int,
+                 mask: MaskSpec | None, states: Sequence[WorkerState], batches_handed_out: int) -> None:
+        self.plan, self.decoder, self.tokenizer, self.batch_size = plan, decoder, tokenizer, batch_size
+        self.mask, self.states, self.batches_handed_out = mask, list(states), batches_handed_out
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        physical, physical_count = (info.id, info.num_workers) if info else (0, 1)
+        if physical_count != self.plan.num_slots:
+            raise RuntimeError(f"expected {self.plan.num_slots} workers, DataLoader started {physical_count}")
+        worker = (physical + self.batches_handed_out) % physical_count
+        state = self.states[worker]
+        items = self.plan.items(worker)
+        # Fast-forward without decoding: only tar reading and the seeded shuffle run.
+        for _ in itertools.islice(items, state.cursor):
+            pass
+        return self._batches(items, worker, state.cursor, Counter(state.skipped or {}))
+
+    def _batches(self, items: Iterator[dict], worker: int, cursor: int, skipped: Counter) -> Iterator[dict]:
+        images, captions, keys = [], [], []
+        consecutive_skips, epoch = 0, 0
+        for item in items:
+            cursor += 1
+            epoch = item["__epoch__"]
+            try:
+                if SKIP in item:
+                    raise SkipSample(item[SKIP], item["detail"])
+                image, caption = self.decoder(item, derive_seed("augment", self.plan.seed, self.plan.rank, worker, cursor))
+            except SkipSample as skip:
+                consecutive_skips += 1
+                self._count_skip(skipped, skip, item, consecutive_skips)
+                continue
+            consecutive_skips = 0
+            images.append(image)
+            captions.append(caption)
+            keys.append(item["__key__"])
+            if len(keys) == self.batch_size:
+                meta = {"worker": worker, "cursor": cursor, "epoch": epoch, "skipped": dict(skipped)}
+                yield self._collate(images, captions, keys, worker, cursor) | {"_meta": meta}
+                images, captions, keys = [], [], []
+
+    def _count_skip(self, skipped: Counter, skip: SkipSample, item: dict, consecutive: int) -> None:
+        skipped[skip.reason] += 1
+        if skipped[skip.reason] <= WARN_PER_REASON:
+            log.warning("data: skipped %s in %s key %s: %s%s", skip.reason, item.get("__url__"), item.get("__key__"),
+                        skip, " (further skips of this reason are only counted)"
+                        if skipped[skip.reason] == WARN_PER_REASON else "")
+        if consecutive >= MAX_CONSECUTIVE_SKIPS:
+            raise RuntimeError(f"{consecutive} samples in a row skipped (last: {skip.reason} in {item.get('__url__')});"
+                               " check the shards")
+
+    def _collate(self, images: list, captions: list[str], keys: list[str], worker: int, cursor: int) -> dict:
+        """images [B, 3, H, W], texts [B, L] (+ mlm_input_ids, mlm_labels [B, L])."""
+        texts = self.tokenizer(captions)
+        batch = {"images": torch.stack(images), "texts": texts, "keys": list(keys)}
+        if self.mask is not None:
+            # Seeded by the stream position, so a resumed run masks exactly like the original.
+            generator = torch.Generator().manual_seed(derive_seed("mlm", self.plan.seed, self.plan.rank, worker, cursor))
+            batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
+                texts, mask_token_id=self.mask.mask_token_id, vocab_size=self.mask.vocab_size,
+                special_ids=self.mask.special_ids, generator=generator, probability=self.mask.probability)
+        return batch
+
+
+# ----------------------------------------------------------------------------- the loader
+
+
+class StreamingLoader:
+    """Infinite iterable of batches for one rank; ``state_dict()`` / ``load_state_dict()`` resume exactly.
+
+    Iterating again (or after ``load_state_dict``) continues from the last batch handed out.
+    """
+
+    STATE_VERSION = 1
+
+    def __init__(self, plan: StreamPlan, dataset_args: dict, batch_size: int, prefetch_factor: int,
+                 use_processes: bool) -> None:
+        self.plan, self.batch_size = plan, batch_size
+        self._dataset_args, self._prefetch_factor, self._use_processes = dataset_args, prefetch_factor, use_processes
+        self._states = [WorkerState(skipped={}) for _ in range(plan.num_slots)]
+        self._batches = 0
+
+    @property
+    def num_workers(self) -> int:
+        """DataLoader worker processes (0: decoding runs in the calling process)."""
+        return self.plan.num_slots if self._use_processes else 0
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Cumulative skipped samples by reason, for this rank, up to the last batch handed out."""
+        total: Counter = Counter()
+        for state in self._states:
+            total.update(state.skipped or {})
+        return dict(total)
+
+    @property
+    def epoch(self) -> int:
+        """The oldest epoch any worker of this rank is still reading (0 in resampled mode)."""
+        return min(state.epoch for state in self._states)
+
+    @property
+    def samples_per_epoch(self) -> int | None:
+        """Samples in one epoch over all ranks (from the manifests), or None when not known."""
+        counts = [shard.count for shard in self.plan.all_shards]
+        return None if any(c is None for c in counts) else sum(counts)
+
+    @property
+    def batches_handed_out(self) -> int:
+        return self._batches
+
+    def __iter__(self) -> Iterator[dict]:
+        dataset = StreamDataset(self.plan, states=[WorkerState(**s.to_dict()) for s in self._states],
+                                batches_handed_out=self._batches, **self._dataset_args)
+        if self._use_processes:
+            stream: Iterable[dict] = DataLoader(dataset, batch_size=None, num_workers=self.plan.num_slots,
+                                                prefetch_factor=self._prefetch_factor, in_order=True)
+        else:
+            stream = dataset
+        for batch in stream:
+            self._record(batch.pop("_meta"))
+            yield batch
+
+    def _record(self, meta: dict) -> None:
+        expected = self._batches % self.plan.num_slots
+        if meta["worker"] != expected:  # round-robin order broken: resume would not be exact
+            raise RuntimeError(f"batch from worker {meta['worker']}, expected worker {expected}")
+        self._states[expected] = WorkerState(meta["cursor"], meta["epoch"], dict(meta["skipped"]))
+        self._batches += 1
+
+    def state_dict(self) -> dict:
+        """Plain ints/strs/lists (safe for torch.save with weights_only loading)."""
+        return {
+            "version": self.STATE_VERSION, "mode": self.plan.mode, "seed": self.plan.seed, "rank": self.plan.rank,
+            "world_size": self.plan.world_size, "num_slots": self.plan.num_slots,
+            "shards": len(self.plan.all_shards), "shard_digest": derive_seed([s.url for s in self.plan.all_shards]),
+            "batches": self._batches, "workers": [state.to_dict() for state in self._states],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue after the last batch recorded in ``state``; the stream setup must match."""
+        mine = self.state_dict()
+        for field in ("version", "mode", "seed", "rank", "world_size", "num_slots", "shards", "shard_digest"):
+            if state.get(field) != mine[field]:
+                raise ValueError(f"data state: {field} is {state.get(field)!r} in the checkpoint but {mine[field]!r}"
+                                 " now; resume with the same shards, seed, mode, ranks and workers")
+        self._states = [WorkerState(int(s["cursor"]), int(s["epoch"]), dict(s["skipped"])) for s in state["workers"]]
+        self._batches = int(state["batches"])
+
+
+def build_loader(
+    cfg: DataConfig,
+    *,
+    batch_size: int,
+    preprocess: Callable,
+    tokenizer: Callable,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    mlm_probability: float | None = None,
+    mask_token_id: int | None = None,
+    vocab_size: int | None = None,
+) -> StreamingLoader:
+    """The streaming loader of ``rank`` (batches of ``batch_size`` for this rank)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be an int >= 1, got {batch_size!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank: {rank} is not in [0, world_size={world_size})")
+    sources = tuple(resolve_sources(cfg.train, cfg.split))
+    num_slots = _num_slots(cfg, sources, rank, world_size)
+    plan = StreamPlan(sources, cfg.mode, seed, rank, world_size, num_slots, cfg.shuffle_buffer)
+    decoder = SampleDecoder(preprocess, cfg.image_key, cfg.caption_key, cfg.multi_caption, seed,
+                            resize_target(preprocess) if cfg.fast_decode else None)
+    mask = _mask_spec(tokenizer, mlm_probability, mask_token_id, vocab_size)
+    dataset_args = {"decoder": decoder, "tokenizer": tokenizer, "batch_size": batch_size, "mask": mask}
+    return StreamingLoader(plan, dataset_args, batch_size, cfg.prefetch_factor, use_processes=cfg.workers > 0)
+
+
+def _num_slots(cfg: DataConfig, sources: Sequence[Source], rank: int, world_size: int) -> int:
+    """Worker slots of this rank: cfg.workers (1 in-process when 0), fewer if it has fewer shards."""
+    wanted = max(cfg.workers, 1)
+    if cfg.mode == "resampled":
+        return wanted
+    num_shards = sum(len(source.shards) for source in sources)
+    if num_shards < world_size:
+        raise ValueError(f"train: more ranks than shards in epoch mode ({world_size} ranks, {num_shards} shards);"
+                         " write more shards or use mode 'resampled'")
+    have = rank_shard_count(num_shards, rank, world_size)
+    if have < wanted:
+        log.warning("data: rank %d has %d shards per epoch, using %d workers instead of %d", rank, have, have, wanted)
+    return min(wanted, have)
+
+
+def _mask_spec(tokenizer: Callable, probability: float | None, mask_token_id: int | None,
+               vocab_size: int | None) -> MaskSpec | None:
+    if probability is None:
+        return None
+    if not 0.0 < probability < 1.0:
+        raise ValueError(f"mlm_probability: {probability} is not in (0, 1); use e.g. 0.15 or None for no MLM")
+    vocab_size = vocab_size if vocab_size is not None else int(tokenizer.vocab_size)
+    mask_token_id = mask_token_id if mask_token_id is not None else vocab_size
+    specials = (tokenizer.sot_token_id, tokenizer.eot_token_id, int(getattr(tokenizer, "pad_token_id", None) or 0))
+    return MaskSpec(probability, mask_token_id, vocab_size, specials)

@@ -1,0 +1,267 @@
+"""Checkpoints: DeepSpeed save/resume with an atomic `latest`, pruning, safe loading, consolidation, export.
+
+Layout of a run directory::
+
+    RUN/config.yaml                      resolved TrainConfig
+    RUN/metrics.jsonl                    one JSON object per logged step
+    RUN/checkpoints/step_00000100/       a DeepSpeed checkpoint (any ZeRO stage) + open_clip_config.json
+                                         + train_config.yaml + COMPLETE (written last)
+    RUN/checkpoints/latest               tag of the newest COMPLETE checkpoint (atomic rename)
+    RUN/export/model.pt|model.safetensors|open_clip_config.json   consolidated fp32 open_clip weights
+
+A checkpoint only becomes `latest` after every rank has written its part and COMPLETE exists, so a
+kill during a save leaves the previous checkpoint as latest; a failed save removes its own partial
+directory and never touches older ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from pretrain.distributed import DistContext, all_true, barrier
+
+LATEST = "latest"
+COMPLETE = "COMPLETE"
+MODEL_CONFIG = "open_clip_config.json"
+TRAIN_CONFIG = "train_config.yaml"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be saved, found or loaded; the message is one line with the fix."""
+
+
+def tag_for_step(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+# --- safe loading ---------------------------------------------------------------------------------
+
+
+def _safe_globals() -> list[Any]:
+    """Non-tensor types DeepSpeed stores in its checkpoint files, allowed for weights_only loading
+    (plain records: enums, loss-scaler settings, fragment addresses; none runs code on load)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler, set, frozenset]
+
+
+@contextlib.contextmanager
+def safe_torch_load() -> Iterator[None]:
+    """Forces `torch.load(weights_only=True)` inside DeepSpeed's loaders, which ask for pickle.
+
+    Checkpoints may come from strangers: unpickling arbitrary objects runs arbitrary code. Only
+    tensors, containers and the few DeepSpeed enums listed in `_safe_globals` are accepted.
+    """
+    original = torch.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            yield
+    finally:
+        torch.load = original
+
+
+def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointError(
+        f"refusing to load {path}: it holds objects other than tensors ({first[:200]}); "
+        "only checkpoints written by this project (or plain tensor state dicts) are accepted"
+    )
+
+
+# --- locating checkpoints -------------------------------------------------------------------------
+
+
+def latest_tag(checkpoints_dir: Path) -> str | None:
+    """Tag named by `latest` if that checkpoint is complete, else None."""
+    latest_file = checkpoints_dir / LATEST
+    if not latest_file.is_file():
+        return None
+    tag = latest_file.read_text().strip()
+    return tag if (checkpoints_dir / tag / COMPLETE).is_file() else None
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A run dir, its checkpoints/ dir or one checkpoint dir -> the complete checkpoint dir to use."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path not found: {path}")
+    if (path / COMPLETE).is_file():
+        return path
+    for candidate in (path / "checkpoints", path):
+        if (candidate / LATEST).is_file():
+            tag = latest_tag(candidate)
+            if tag is None:
+                raise CheckpointError(
+                    f"{candidate / LATEST} names an incomplete checkpoint; pass a complete step_* dir"
+                )
+            return candidate / tag
+    if path.is_dir() and any(path.glob("*model_states.pt")):
+        raise CheckpointError(f"{path} has no {COMPLETE} marker: it was interrupted while saving")
+    raise CheckpointError(f"{path} is not a run directory or a checkpoint written by pretrain.train")
+
+
+def read_model_config(path: str | Path) -> dict[str, Any]:
+    """The open_clip config JSON ({"model_name", "model_cfg", "preprocess_cfg"}) saved with a
+    checkpoint or an export; `path` may be a run dir, checkpoint dir, export dir or weights file."""
+    path = Path(path)
+    candidates = [path.parent / MODEL_CONFIG] if path.is_file() else [path / MODEL_CONFIG, path / "export" / MODEL_CONFIG]
+    if not path.is_file():
+        with contextlib.suppress(CheckpointError):
+            candidates.append(resolve_checkpoint_dir(path) / MODEL_CONFIG)
+    for candidate in candidates:
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    raise CheckpointError(f"no {MODEL_CONFIG} found for {path}; pass the model name with --model")
+
+
+# --- consolidation and export ---------------------------------------------------------------------
+
+
+def to_open_clip_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Training-side (DualEncoder) names -> open_clip's: strips `clip.`, drops the MLM head, and gives
+    logit_scale / logit_bias back their 0-dim shape (we train them as [1] for DeepSpeed)."""
+    result = {}
+    for name, tensor in state_dict.items():
+        if not name.startswith("clip."):
+            continue  # MLM head and mask embedding: training-only
+        name = name[len("clip.") :]
+        if name in ("logit_scale", "logit_bias") and tensor.dim() == 1:
+            tensor = tensor.reshape(())
+        result[name] = tensor.detach().to("cpu", torch.float32).contiguous()
+    return result
+
+
+def consolidated_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """fp32 open_clip state dict from a checkpoint of any ZeRO stage (partitions merged), loaded
+    without unpickling code."""
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    full = _full_state_dict(checkpoint_dir)
+    return to_open_clip_state_dict(full)
+
+
+def _full_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    from deepspeed.utils import zero_to_fp32
+
+    try:
+        with safe_torch_load():
+            if any(checkpoint_dir.glob("*optim_states.pt")):
+                return zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
+                    str(checkpoint_dir.parent), tag=checkpoint_dir.name
+                )
+            # ZeRO stage 0 keeps the whole module in the model-states file.
+            states = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu")
+            return states["module"]
+    except Exception as error:  # noqa: BLE001 - turn any unpickling/format failure into one line
+        if isinstance(error, torch.serialization.pickle.UnpicklingError) or "weights_only" in str(error):
+            raise _unpickling_error(checkpoint_dir, error) from None
+        raise CheckpointError(f"cannot read checkpoint {checkpoint_dir}: {str(error).splitlines()[0]}") from None
+
+
+def export(checkpoint_dir: Path, out_dir: Path) -> Path:
+    """Writes model.pt, model.safetensors and open_clip_config.json (loadable by open_clip)."""
+    from safetensors.torch import save_file
+
+    state_dict = consolidated_state_dict(checkpoint_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic(out_dir / "model.pt", lambda tmp: torch.save(state_dict, tmp))
+    _atomic(out_dir / "model.safetensors", lambda tmp: save_file(state_dict, str(tmp)))
+    shutil.copyfile(checkpoint_dir / MODEL_CONFIG, out_dir / MODEL_CONFIG)
+    return out_dir
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+# --- saving and resuming during training ----------------------------------------------------------
+
+
+class Checkpointer:
+    """Saves and restores DeepSpeed checkpoints under RUN/checkpoints with an atomic `latest`."""
+
+    def __init__(self, run_dir: Path, keep_last: int, dist: DistContext) -> None:
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.dist = dist
+
+    def latest(self) -> Path | None:
+        tag = latest_tag(self.dir)
+        return self.dir / tag if tag else None
+
+    def save(self, engine, step: int, client_state: dict[str, Any], files: dict[str, str]) -> Path:
+        """Saves step `step`; `files` (name -> text) are written into the checkpoint dir by rank 0."""
+        tag = tag_for_step(step)
+        target = self.dir / tag
+        if latest_tag(self.dir) == tag:
+            return target  # already saved (e.g. preempted right after a resume): never rewrite latest
+        error: Exception | None = None
+        try:
+            engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+            if self.dist.is_main:
+                for name, text in files.items():
+                    (target / name).write_text(text)
+        except OSError as caught:
+            error = caught
+        if not all_true(error is None, self.dist.device):
+            if self.dist.is_main:
+                shutil.rmtree(target, ignore_errors=True)
+            previous = latest_tag(self.dir) or "none"
+            reason = str(error).splitlines()[0] if error else "another rank failed to write its part"
+            raise CheckpointError(
+                f"could not save checkpoint {target}: {reason}; the previous checkpoint ({previous}) is intact"
+            )
+        if self.dist.is_main:
+            (target / COMPLETE).write_text(json.dumps({"step": step}))
+            _atomic(self.dir / LATEST, lambda tmp: tmp.write_text(tag))
+            self._prune(keep=tag)
+        barrier()
+        return target
+
+    def _prune(self, keep: str) -> None:
+        complete = sorted(p for p in self.dir.glob("step_*") if (p / COMPLETE).is_file())
+        for old in complete[: -self.keep_last]:
+            if old.name != keep:
+                shutil.rmtree(old, ignore_errors=True)
+        for partial in self.dir.glob("step_*"):
+            if not (partial / COMPLETE).is_file() and partial.name != keep:
+                shutil.rmtree(partial, ignore_errors=True)  # left by a kill during an earlier save
+
+    def load(self, engine, checkpoint_dir: Path) -> dict[str, Any]:
+        """Restores model, optimizer, scheduler (and their ZeRO partitions); returns the client state."""
+        checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
+        try:
+            with safe_torch_load():
+                load_path, client_state = engine.load_checkpoint(
+                    str(checkpoint_dir.parent), tag=checkpoint_dir.name, load_module_strict=True
+                )
+        except RuntimeError as error:
+            text = str(error)
+            if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+                detail = next((line.strip() for line in text.splitlines() if "mismatch" in line or "key" in line), text)
+                raise CheckpointError(
+                    f"checkpoint {checkpoint_dir} was written by a different model ({detail[:200]}); "
+                    "resume with the same model config or start a new run_dir"
+                ) from None
+            if "weights_only" in text or "Unsupported global" in text:
+                raise _unpickling_error(checkpoint_dir, error) from None
+            raise
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load {checkpoint_dir}; is it complete?")
+        return client_state

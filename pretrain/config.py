@@ -1,0 +1,294 @@
+"""Typed run configuration: one dataclass per concern, loaded from YAML with dotted overrides.
+
+`load_config("pretrain/configs/demo.yaml", ["optim.lr=1e-4"])` builds a `TrainConfig`. Every value
+is checked against its field's type and each dataclass's `__post_init__`; a bad value raises
+`ConfigError` with one line naming the dotted key, e.g. `config key optim.lr: must be > 0, got -1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from data.loader import DataConfig
+from pretrain.losses import LossConfig
+from pretrain.model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message is one line naming the key and the fix."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay, both measured in samples."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_samples: int = 0
+    min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a finite number > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.beta1 < 1, "beta1", f"must be in [0, 1), got {self.beta1}")
+        _check(0 <= self.beta2 < 1, "beta2", f"must be in [0, 1), got {self.beta2}")
+        _check(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+        _check(self.warmup_samples >= 0, "warmup_samples", f"must be >= 0, got {self.warmup_samples}")
+        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 disables), got {self.grad_clip}")
+
+
+@dataclass
+class ZeroConfig:
+    """DeepSpeed ZeRO stage and offload; stage 0 is plain data parallelism."""
+
+    stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False  # stage 3 only
+    overlap_comm: bool = True
+    reduce_bucket_size: int = 50_000_000
+
+    def __post_init__(self) -> None:
+        _check(self.stage in (0, 1, 2, 3), "stage", f"must be 0, 1, 2 or 3, got {self.stage}")
+        _check(
+            not self.offload_params or self.stage == 3,
+            "offload_params",
+            "parameter offload needs zero.stage=3",
+        )
+        _check(
+            not self.offload_optimizer or self.stage >= 1,
+            "offload_optimizer",
+            "optimizer offload needs zero.stage >= 1",
+        )
+        _check(self.reduce_bucket_size > 0, "reduce_bucket_size", "must be > 0")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000  # 0: only at the end and on preemption signals
+    keep_last: int = 3
+    resume: str = "none"  # "none", "auto" (latest complete checkpoint in the run dir) or a checkpoint dir
+    export: bool = True  # write an open_clip .pt/.safetensors under RUN/export at the end
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, "every_steps", f"must be >= 0, got {self.every_steps}")
+        _check(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    wandb_mode: Literal["offline", "online", "disabled"] | None = None  # None: online iff a key is set
+    wandb_project: str = "clip-pretrain"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 1, "every_steps", f"must be >= 1, got {self.every_steps}")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation during training through eval.run's suite API."""
+
+    suite: str | None = None  # path to an eval suite YAML; None disables
+    every_steps: int = 0  # 0: only at the end
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, "every_steps", f"must be >= 0, got {self.every_steps}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(
+            self.suite is None or Path(self.suite).is_file(),
+            "suite",
+            f"file not found: {self.suite}; give an eval suite YAML such as eval/suites/demo.yaml",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Everything one run needs. Global batch = micro_batch x grad_accum x world size."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    micro_batch: int = 32  # per process, per forward
+    grad_accum: int = 1
+    total_samples: int = 100_000  # sample budget: sets the step count and the lr schedule
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_nonfinite_steps: int = 5  # stop after this many consecutive non-finite losses
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.micro_batch >= 1, "micro_batch", f"must be >= 1, got {self.micro_batch}")
+        _check(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _check(self.total_samples >= 1, "total_samples", f"must be >= 1, got {self.total_samples}")
+        _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
+        _check(bool(self.run_dir), "run_dir", "must not be empty")
+
+    def global_batch(self, world_size: int) -> int:
+        return self.micro_batch * self.grad_accum * world_size
+
+    def total_steps(self, world_size: int) -> int:
+        """Optimizer steps that cover the sample budget (the last step may overshoot it)."""
+        return math.ceil(self.total_samples / self.global_batch(world_size))
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: {message}")
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Reads a YAML file (safe loader), applies dotted `key=value` overrides, builds and validates."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}; see pretrain/configs/ for examples")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    return build_dataclass(TrainConfig, raw, prefix="")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Any) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[leaf] = value
+
+
+def build_dataclass(cls: type, raw: Any, prefix: str) -> Any:
+    """Builds dataclass `cls` from a mapping, type-checking each field; errors name the dotted key."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"config key {prefix}{unknown[0]}: unknown key; valid keys under {where}: {', '.join(sorted(names))}"
+        )
+    # Nested sections left out of the YAML are still built here, so their errors name the section.
+    missing_sections = {f.name: {} for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name]) and f.name not in raw}
+    raw = {**raw, **missing_sections}
+    values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in raw}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        field_name = message.split(":", 1)[0]
+        key = f"{prefix}{field_name}" if field_name in names else where
+        detail = message.split(":", 1)[1].strip() if field_name in names else message
+        raise ConfigError(f"config key {key}: {detail}") from None
+
+
+def _coerce(annotation: Any, value: Any, key: str) -> Any:
+    """Checks `value` against a field annotation; converts only where YAML is ambiguous (1e-4)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return build_dataclass(annotation, value if value is not None else {}, f"{key}.")
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as error:
+                errors.append(error)
+        raise ConfigError(f"config key {key}: {value!r} is not a valid {_type_name(annotation)}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"config key {key}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"config key {key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+        item_type = args[0] if args else Any
+        return [_coerce(item_type, item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and _is_number(value) and float(value).is_integer():
+            return int(float(value))
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _is_number(value):  # PyYAML reads "1e-4" as a string
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"config key {key}: expected {_type_name(annotation)}, got {value!r}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")

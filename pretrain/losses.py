@@ -1,0 +1,299 @@
+"""Contrastive (InfoNCE / SigLIP) and MLM losses: pure functions of tensors.
+
+Distributed convention (same as open_clip + DDP/DeepSpeed): every rank returns its own loss; the
+engine averages parameter gradients over ranks. With that averaging, the update equals one process
+on the concatenated global batch. Features may arrive in bf16; the losses run in fp32 because the
+[B, B] logits and their softmax are the numerically sensitive part and cost little.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn as nn
+import torch.nn.functional as F
+
+LOSS_KINDS = ("infonce", "siglip")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossConfig:
+    """Training objective. `mlm_weight == 0` switches MLM off (no MLM head, no second text pass)."""
+
+    kind: str = "infonce"
+    local_loss: bool = False
+    gather_with_grad: bool = True
+    max_logit_scale: float = 100.0
+    mlm_weight: float = 0.0
+    mlm_probability: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"kind: {self.kind!r} is not a loss kind; use one of {', '.join(LOSS_KINDS)}")
+        for name in ("local_loss", "gather_with_grad"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+        if not (isinstance(self.max_logit_scale, (int, float)) and self.max_logit_scale > 1):
+            raise ValueError(f"max_logit_scale: must be a number > 1 (open_clip uses 100), got {self.max_logit_scale!r}")
+        if not (isinstance(self.mlm_weight, (int, float)) and self.mlm_weight >= 0):
+            raise ValueError(f"mlm_weight: must be >= 0 (0 turns MLM off; DeCLIP uses ~0.2), got {self.mlm_weight!r}")
+        if not (isinstance(self.mlm_probability, (int, float)) and 0 < self.mlm_probability < 1):
+            raise ValueError(f"mlm_probability: must be in (0, 1) (BERT uses 0.15), got {self.mlm_probability!r}")
+        if self.kind == "siglip" and self.local_loss:
+            raise ValueError("local_loss: SigLIP is already local (neighbour exchange); set local_loss: false")
+
+    @property
+    def mlm_enabled(self) -> bool:
+        return self.mlm_weight > 0
+
+
+def gather_features(x: torch.Tensor, rank: int, world_size: int, *, with_grad: bool = True) -> torch.Tensor:
+    """All-gather [b, D] from every rank -> [world_size * b, D] in rank order.
+
+    with_grad=True backpropagates through the gather (the gradient of every rank's loss reaches
+    every rank's features). with_grad=False gathers without autograd and splices the local,
+    differentiable tensor back in at `rank` so the local features still get their gradient.
+    """
+    if world_size == 1:
+        return x
+    if with_grad:
+        return torch.cat(dist_fn.all_gather(x), dim=0)
+    parts = [torch.empty_like(x) for _ in range(world_size)]
+    dist.all_gather(parts, x.detach())
+    parts[rank] = x
+    return torch.cat(parts, dim=0)
+
+
+def logit_scale_value(logit_scale: torch.Tensor, max_logit_scale: float = 100.0) -> torch.Tensor:
+    """Multiplicative temperature exp(raw) clamped to max_logit_scale, shape of `logit_scale`.
+
+    The clamp lives in the loss, not as an in-place clamp after the optimiser step: ZeRO keeps an
+    fp32 master copy that would overwrite such a clamp on the next step.
+    """
+    return logit_scale.float().exp().clamp(max=max_logit_scale)
+
+
+def clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    local_loss: bool = False,
+    gather_with_grad: bool = True,
+    max_logit_scale: float = 100.0,
+) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch.
+
+    image_features, text_features: [b, D] L2-normalised local features; logit_scale: raw log-scale
+    ([1] or []). local_loss=True computes only this rank's rows ([b, W*b] logits) as open_clip does.
+    Returns a scalar.
+    """
+    image_features, text_features = image_features.float(), text_features.float()
+    scale = logit_scale_value(logit_scale, max_logit_scale)
+    all_images = gather_features(image_features, rank, world_size, with_grad=gather_with_grad)
+    all_texts = gather_features(text_features, rank, world_size, with_grad=gather_with_grad)
+    if local_loss:
+        logits_per_image = scale * image_features @ all_texts.T  # [b, W*b]
+        logits_per_text = scale * text_features @ all_images.T
+        labels = torch.arange(image_features.shape[0], device=image_features.device) + rank * image_features.shape[0]
+    else:
+        logits_per_image = scale * all_images @ all_texts.T  # [W*b, W*b]
+        logits_per_text = logits_per_image.T
+        labels = torch.arange(all_images.shape[0], device=image_features.device)
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def _sigmoid_block(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    positives: bool,
+) -> torch.Tensor:
+    """-sum log sigmoid(label * logit) / b for one [b, b'] block; the diagonal is positive only
+    when `positives` (the local block)."""
+    logits = scale * image_features @ text_features.T + bias
+    labels = -torch.ones_like(logits)
+    if positives:
+        labels = labels + 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype)
+    return -F.logsigmoid(labels * logits).sum() / image_features.shape[0]
+
+
+class _NeighbourExchange(torch.autograd.Function):
+    """Send `tensor` to `to_rank`, receive from `from_rank`; backward sends gradients the other way."""
+
+    @staticmethod
+    def forward(ctx, from_rank: int, to_rank: int, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.from_rank, ctx.to_rank = from_rank, to_rank
+        received = torch.empty_like(tensor)
+        ops = [dist.P2POp(dist.isend, tensor.contiguous(), to_rank), dist.P2POp(dist.irecv, received, from_rank)]
+        for request in dist.batch_isend_irecv(ops):
+            request.wait()
+        return received
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, _NeighbourExchange.apply(ctx.to_rank, ctx.from_rank, grad.contiguous())
+
+
+class _NeighbourExchangeBidir(torch.autograd.Function):
+    """Send one tensor to each neighbour and receive one from each, in a single batched P2P call."""
+
+    @staticmethod
+    def forward(ctx, left: int, right: int, to_left: torch.Tensor, to_right: torch.Tensor):
+        ctx.left, ctx.right = left, right
+        from_left, from_right = torch.empty_like(to_right), torch.empty_like(to_left)
+        ops = [
+            dist.P2POp(dist.isend, to_right.contiguous(), right),
+            dist.P2POp(dist.isend, to_left.contiguous(), left),
+            dist.P2POp(dist.irecv, from_right, right),
+            dist.P2POp(dist.irecv, from_left, left),
+        ]
+        for request in dist.batch_isend_irecv(ops):
+            request.wait()
+        return from_right, from_left
+
+    @staticmethod
+    def backward(ctx, grad_from_right: torch.Tensor, grad_from_left: torch.Tensor):
+        # What came from the right goes back to the right (i.e. it is now "to_right" seen mirrored).
+        grad_to_left, grad_to_right = _NeighbourExchangeBidir.apply(
+            ctx.right, ctx.left, grad_from_right.contiguous(), grad_from_left.contiguous()
+        )
+        return None, None, grad_to_left, grad_to_right
+
+
+def siglip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    max_logit_scale: float = 100.0,
+) -> torch.Tensor:
+    """Sigmoid pairwise loss (SigLIP) of this rank's images against every rank's texts.
+
+    image_features, text_features: [b, D] normalised; logit_scale raw log-scale, logit_bias additive
+    ([1] or []). Text features travel between neighbouring ranks in both directions (open_clip's
+    'bidir' scheme), so no [W*b, W*b] logits or all-gather are ever built. Returns a scalar.
+    """
+    image_features, text_features = image_features.float(), text_features.float()
+    scale, bias = logit_scale_value(logit_scale, max_logit_scale), logit_bias.float()
+    loss = _sigmoid_block(image_features, text_features, scale, bias, positives=True)
+    if world_size == 1:
+        return loss
+    right, left = (rank + 1) % world_size, (rank - 1) % world_size
+    to_left = to_right = text_features
+    num_bidir, remainder = divmod(world_size - 1, 2)
+    for _ in range(num_bidir):
+        from_right, from_left = _NeighbourExchangeBidir.apply(left, right, to_left, to_right)
+        loss = loss + _sigmoid_block(image_features, from_right, scale, bias, positives=False)
+        loss = loss + _sigmoid_block(image_features, from_left, scale, bias, positives=False)
+        # Pass each received block on in the direction it was travelling.
+        to_left, to_right = from_right, from_left
+    if remainder:
+        from_left = _NeighbourExchange.apply(left, right, to_right)
+        loss = loss + _sigmoid_block(image_features, from_left, scale, bias, positives=False)
+    return loss
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on masked positions. logits [B, L, V], labels [B, L] (-100 = not masked).
+
+    Returns (loss, accuracy) as scalars; both are 0 when the batch has no masked token (an empty
+    mean would be NaN and poison the step).
+    """
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"mlm_labels: shape {tuple(labels.shape)} does not match mlm_logits {tuple(logits.shape)}")
+    selected = labels != IGNORE_INDEX
+    count = selected.sum().clamp(min=1)
+    flat_logits = logits[selected].float()  # [N, V], only masked rows (saves the softmax over pads)
+    flat_labels = labels[selected]
+    loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / count
+    accuracy = (flat_logits.argmax(dim=-1) == flat_labels).sum().float() / count
+    return loss, accuracy.detach()
+
+
+def compute_objective(
+    outputs: dict,
+    batch: dict,
+    loss_cfg: LossConfig,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """total = contrastive + mlm_weight * MLM, plus detached parts for logging.
+
+    outputs: DualEncoder.forward dict; batch: loader dict ("mlm_labels" needed when MLM is on).
+    parts: "contrastive", "mlm", "mlm_accuracy" (0 when MLM is off), "temperature" (clamped
+    exp(logit_scale)) and, for SigLIP, "logit_bias".
+    """
+    image_features, text_features = outputs.get("image_features"), outputs.get("text_features")
+    if image_features is None or text_features is None:
+        raise ValueError("outputs: image_features and text_features are both needed for the loss; pass images and texts")
+    logit_scale = outputs["logit_scale"]
+    if loss_cfg.kind == "siglip":
+        if outputs.get("logit_bias") is None:
+            raise ValueError("outputs: logit_bias missing for kind=siglip; build the model with the same LossConfig")
+        contrastive = siglip_loss(
+            image_features, text_features, logit_scale, outputs["logit_bias"],
+            rank=rank, world_size=world_size, max_logit_scale=loss_cfg.max_logit_scale,
+        )
+    else:
+        contrastive = clip_loss(
+            image_features, text_features, logit_scale, rank=rank, world_size=world_size,
+            local_loss=loss_cfg.local_loss, gather_with_grad=loss_cfg.gather_with_grad,
+            max_logit_scale=loss_cfg.max_logit_scale,
+        )
+    zero = contrastive.new_zeros(())
+    mlm, mlm_accuracy = zero, zero
+    total = contrastive
+    if loss_cfg.mlm_enabled:
+        if outputs.get("mlm_logits") is None or batch.get("mlm_labels") is None:
+            raise ValueError("batch: mlm_weight > 0 needs mlm_input_ids/mlm_labels in the batch and mlm_logits in outputs")
+        mlm, mlm_accuracy = mlm_loss(outputs["mlm_logits"], batch["mlm_labels"])
+        total = contrastive + loss_cfg.mlm_weight * mlm
+    parts = {
+        "contrastive": contrastive.detach(),
+        "mlm": mlm.detach(),
+        "mlm_accuracy": mlm_accuracy.detach(),
+        "temperature": logit_scale_value(logit_scale.detach(), loss_cfg.max_logit_scale).reshape(()),
+    }
+    if loss_cfg.kind == "siglip":
+        parts["logit_bias"] = outputs["logit_bias"].detach().float().reshape(())
+    return total, parts
+
+
+def _is_no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norm gains and every other 1-D tensor (logit_scale/bias, class/mask embeddings),
+    plus token/positional embedding tables: decaying them only shrinks lookup rows toward 0."""
+    return param.ndim < 2 or name.endswith(".bias") or "embedding" in name or "logit_" in name or "cls_emb" in name
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups over trainable parameters: [{"params", "weight_decay"}, ...].
+
+    Empty groups are dropped (DeepSpeed's ZeRO optimisers reject them).
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay: must be >= 0, got {weight_decay}")
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if _is_no_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def log_temperature_init(kind: str) -> tuple[float, float | None]:
+    """(init raw logit_scale, init logit_bias) for a loss kind: CLIP log(1/0.07) and no bias;
+    SigLIP log(10) and bias -10 (Zhai et al. 2023)."""
+    if kind == "siglip":
+        return math.log(10.0), -10.0
+    return math.log(1 / 0.07), None

@@ -1,0 +1,130 @@
+"""Builds what a run needs from its config: run dir, model, engine, loader, checkpointer, evaluator."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from pretrain import checkpoint as ckpt
+from pretrain.config import TrainConfig, dump_config
+from pretrain.distributed import DistContext, barrier
+
+
+@dataclass
+class RunParts:
+    engine: Any
+    loader: Any
+    checkpointer: ckpt.Checkpointer
+    preprocess_val: Callable
+    tokenizer: Callable
+
+
+def prepare_run_dir(cfg: TrainConfig, dist: DistContext) -> Path:
+    """Creates the run dir, proves it is writable (before any compute) and saves the resolved config."""
+    run_dir = Path(cfg.run_dir)
+    if dist.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / ".write_test"
+            probe.write_bytes(b"\0" * 1024 * 1024)  # a full disk fails here, not at the first save
+            probe.unlink()
+            (run_dir / "config.yaml").write_text(dump_config(cfg))
+        except OSError as error:
+            reason = "disk full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+            raise ckpt.CheckpointError(
+                f"run_dir {run_dir} is not writable ({reason}); free space or choose another run_dir"
+            ) from None
+    barrier()
+    return run_dir
+
+
+def build_everything(cfg: TrainConfig, dist: DistContext) -> RunParts:
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from data.loader import build_loader
+    from pretrain.engine import build_engine
+    from pretrain.model import build_model
+
+    model = build_model(cfg.model, cfg.loss)
+    preprocess_cfg = PreprocessCfg(**model.clip.visual.preprocess_cfg)
+    preprocess_train = image_transform_v2(preprocess_cfg, is_train=True)
+    preprocess_val = image_transform_v2(preprocess_cfg, is_train=False)
+    tokenizer = open_clip.get_tokenizer(cfg.model.name)
+    engine = build_engine(model, cfg, dist)
+    mlm_on = cfg.loss.mlm_weight > 0
+    loader = build_loader(
+        cfg.data,
+        batch_size=cfg.micro_batch,
+        preprocess=preprocess_train,
+        tokenizer=tokenizer,
+        seed=cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        mlm_probability=cfg.loss.mlm_probability if mlm_on else None,
+        mask_token_id=tokenizer.vocab_size if mlm_on else None,
+        vocab_size=tokenizer.vocab_size if mlm_on else None,
+    )
+    checkpointer = ckpt.Checkpointer(Path(cfg.run_dir), cfg.checkpoint.keep_last, dist)
+    return RunParts(engine, loader, checkpointer, preprocess_val, tokenizer)
+
+
+def open_clip_config_json(cfg: TrainConfig, model) -> str:
+    """The open_clip hub-style config saved beside every checkpoint and export."""
+    return json.dumps(
+        {"model_name": cfg.model.name, "model_cfg": model.model_config, "preprocess_cfg": model.clip.visual.preprocess_cfg},
+        indent=2,
+    )
+
+
+class EngineEncoder:
+    """eval's Encoder protocol over the training engine: encoding goes through the engine's forward,
+    so ZeRO-3 gathers the partitioned weights (every rank must call it the same number of times)."""
+
+    def __init__(self, engine, preprocess: Callable, tokenizer: Callable) -> None:
+        self.engine, self.preprocess, self.tokenizer = engine, preprocess, tokenizer
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.engine(images=images.to(self.engine.device))["image_features"].float()
+
+    @torch.no_grad()
+    def encode_text(self, texts: torch.Tensor) -> torch.Tensor:
+        return self.engine(texts=texts.to(self.engine.device))["text_features"].float()
+
+
+def evaluate(engine, parts: RunParts, cfg: TrainConfig, dist: DistContext, step: int) -> dict[str, float]:
+    """Runs the eval suite on every rank (ZeRO-3 needs all of them in each forward); returns flat metrics."""
+    from eval.run import run_suite
+
+    engine.eval()
+    try:
+        records = run_suite(
+            EngineEncoder(engine, parts.preprocess_val, parts.tokenizer),
+            cfg.eval.suite,
+            device=str(dist.device),
+            batch_size=cfg.eval.batch_size,
+            cache_key=f"{cfg.run_dir}@{step}",
+            progress=False,
+        )
+    finally:
+        engine.train()
+    if dist.is_main:
+        out = Path(cfg.run_dir) / "eval" / f"step_{step:08d}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(records, indent=2))
+    return {
+        f"eval/{record['dataset']}/{name}": float(value)
+        for record in records
+        for name, value in record["metrics"].items()
+        if isinstance(value, (int, float))
+    }
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

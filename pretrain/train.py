@@ -1,0 +1,224 @@
+"""Contrastive (+ optional MLM) pretraining under DeepSpeed ZeRO.
+
+    python -m pretrain.train --config pretrain/configs/demo.yaml [--resume auto] [key=value ...]
+
+Run it under torchrun, srun or as one plain process. Gradient accumulation is DeepSpeed's: each
+micro-batch's contrastive loss takes its negatives from that micro-batch across all ranks (not from
+the whole accumulated batch as open_clip's --accum-freq feature cache does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from pretrain import checkpoint as ckpt
+from pretrain.config import ConfigError, TrainConfig, dump_config, load_config
+from pretrain.losses import compute_objective
+from pretrain.distributed import DistContext, any_true, gather_objects, init_distributed, shutdown
+from pretrain.setup import build_everything, evaluate, open_clip_config_json, prepare_run_dir
+from pretrain.state import TrainState, rng_state, seed_everything, set_rng_state
+from pretrain.tracking import Tracker
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message is one line naming the cause and the fix."""
+
+
+@dataclass
+class StepCounters:
+    consecutive_nonfinite: int = 0
+    data_wait_s: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, dist: DistContext) -> dict[str, Any]:
+    """Trains until the sample budget is spent or a preemption signal arrives; returns the last metrics."""
+    run_dir = prepare_run_dir(cfg, dist)
+    seed_everything(cfg.seed)  # same init on every rank (DeepSpeed also broadcasts rank 0's weights)
+    parts = build_everything(cfg, dist)
+    engine, loader, checkpointer = parts.engine, parts.loader, parts.checkpointer
+    state = TrainState()
+    resume_from = resolve_resume(cfg, checkpointer)
+    if resume_from is not None:
+        restore(engine, loader, state, checkpointer, resume_from, dist)
+    total_steps = cfg.total_steps(dist.world_size)
+    tracker = Tracker(run_dir, cfg, dist.is_main, total_steps, state.step)
+    tracker.message(describe_run(cfg, dist, total_steps, resume_from))
+    metrics: dict[str, Any] = {}
+    batches = iter(loader)
+    with preemption_signals() as preempted:
+        while state.step < total_steps:
+            metrics = train_step(engine, batches, cfg, dist, state)
+            metrics["skipped_samples"] = sum(loader.skipped.values())
+            if state.step % cfg.logging.every_steps == 0 or state.step == total_steps:
+                tracker.log(state.step, metrics)
+            tracker.progress(state.step, metrics)
+            stop = any_true(preempted(), dist.device)
+            if stop or (cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0):
+                save(engine, loader, state, checkpointer, cfg, dist)
+            if stop:
+                tracker.message(f"preemption signal: saved step {state.step} to {checkpointer.latest()}; exiting")
+                tracker.close()
+                return metrics
+            if cfg.eval.suite and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
+                tracker.log(state.step, evaluate(engine, parts, cfg, dist, state.step))
+    final = save(engine, loader, state, checkpointer, cfg, dist)
+    if cfg.checkpoint.export and dist.is_main:
+        tracker.message(f"exported open_clip weights to {ckpt.export(final, run_dir / 'export')}")
+    if cfg.eval.suite:
+        metrics.update(evaluate(engine, parts, cfg, dist, state.step))
+        tracker.log(state.step, metrics)
+    tracker.close()
+    return metrics
+
+
+def train_step(engine, batches: Iterator[dict], cfg: TrainConfig, dist: DistContext, state: TrainState) -> dict[str, Any]:
+    """Feeds micro-batches until DeepSpeed has taken one optimizer step; returns step metrics."""
+    counters = StepCounters()
+    start, first_step = time.perf_counter(), engine.global_steps
+    while engine.global_steps == first_step:
+        fetch = time.perf_counter()
+        batch = next(batches)
+        counters.data_wait_s += time.perf_counter() - fetch
+        batch = {k: v.to(dist.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        state.samples_seen += batch["images"].shape[0] * dist.world_size
+        outputs = engine(images=batch["images"], texts=batch["texts"], mlm_input_ids=batch.get("mlm_input_ids"))
+        loss, parts = compute_objective(outputs, batch, cfg.loss, dist.rank, dist.world_size)
+        # Every rank must agree, or ranks would disagree on whether to run the gradient all-reduce.
+        if any_true(not bool(torch.isfinite(loss)), dist.device):
+            state.nonfinite_steps += 1
+            counters.consecutive_nonfinite += 1
+            if counters.consecutive_nonfinite >= cfg.max_nonfinite_steps:
+                raise TrainingError(
+                    f"{counters.consecutive_nonfinite} consecutive non-finite losses at step {state.step + 1}; "
+                    "lower optim.lr, use precision=fp32/bf16, or check the data; the last checkpoint is intact"
+                )
+            continue
+        counters.consecutive_nonfinite = 0
+        engine.backward(loss)
+        engine.step()
+        for name, value in {"loss": loss, **parts}.items():
+            counters.parts[name] = float(value.detach())
+    state.step = engine.global_steps
+    elapsed = time.perf_counter() - start
+    global_batch = cfg.global_batch(dist.world_size)
+    return {
+        **counters.parts,
+        "lr": float(engine.get_lr()[0]),
+        "samples_per_s": global_batch / elapsed,
+        "samples_per_s_per_device": global_batch / elapsed / dist.world_size,
+        "data_wait": counters.data_wait_s / elapsed,
+        "samples_seen": state.samples_seen,
+        "nonfinite_steps": state.nonfinite_steps,
+    }
+
+
+# --- checkpoints and resume ------------------------------------------------------------------------
+
+
+def save(engine, loader, state: TrainState, checkpointer: ckpt.Checkpointer, cfg: TrainConfig, dist: DistContext) -> Path:
+    """Saves engine + every rank's loader and RNG state (gathered: DeepSpeed keeps rank 0's client state)."""
+    per_rank = gather_objects({"loader": loader.state_dict(), "rng": rng_state()})
+    client_state = {
+        "train_state": state.state_dict(),
+        "ranks": per_rank,
+        "world_size": dist.world_size,
+        "zero_stage": cfg.zero.stage,
+        "model_name": cfg.model.name,
+    }
+    files = {ckpt.MODEL_CONFIG: open_clip_config_json(cfg, engine.module), ckpt.TRAIN_CONFIG: dump_config(cfg)}
+    return checkpointer.save(engine, state.step, client_state, files)
+
+
+def resolve_resume(cfg: TrainConfig, checkpointer: ckpt.Checkpointer) -> Path | None:
+    resume = cfg.checkpoint.resume
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return checkpointer.latest()  # None on a fresh run: start from scratch
+    return ckpt.resolve_checkpoint_dir(resume)
+
+
+def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Path, dist: DistContext) -> None:
+    client = checkpointer.load(engine, checkpoint_dir)
+    saved_world = client.get("world_size")
+    if saved_world != dist.world_size:
+        raise TrainingError(
+            f"checkpoint {checkpoint_dir} was written by {saved_world} processes, this run has {dist.world_size}; "
+            "exact data resume needs the same world size: relaunch with that many processes"
+        )
+    state.load_state_dict(client["train_state"])
+    mine = client["ranks"][dist.rank]
+    loader.load_state_dict(mine["loader"])
+    set_rng_state(mine["rng"])
+
+
+def describe_run(cfg: TrainConfig, dist: DistContext, total_steps: int, resume_from: Path | None) -> str:
+    lines = [
+        dump_config(cfg).rstrip(),
+        f"world size {dist.world_size} ({dist.backend} on {dist.device.type}, launcher {dist.launcher})",
+        f"global batch {cfg.global_batch(dist.world_size)} = micro batch {cfg.micro_batch} x accumulation "
+        f"{cfg.grad_accum} x world size {dist.world_size}; {total_steps} steps for {cfg.total_samples} samples",
+        f"resuming from {resume_from}" if resume_from else "starting from scratch",
+    ]
+    return "\n".join(lines)
+
+
+@contextmanager
+def preemption_signals():
+    """SIGTERM / SIGUSR1 (SLURM preemption) ask the loop to checkpoint and exit 0 after this step."""
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield lambda: bool(received)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML config (see pretrain/configs/)")
+    parser.add_argument("--resume", help="'auto' (latest complete checkpoint in run_dir), 'none', or a checkpoint dir")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    dist = init_distributed()
+    try:
+        train(cfg, dist)
+    except (TrainingError, ckpt.CheckpointError, ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: [rank {dist.rank}] {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Suite files, run_suite with any Encoder, classifier caching, and the eval.run CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eval import run
+from eval.checkpoints import load_checkpoint
+from eval.suite import load_suite, parse_suite
+from tests.eval.helpers import write_shards
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_suites_parse() -> None:
+    for path in sorted((REPO / "eval" / "suites").glob("*.yaml")):
+        suite = load_suite(path)
+        assert {task.task for task in suite.tasks} == {"zeroshot", "retrieval"}
+
+
+@pytest.mark.parametrize("tasks, message", [
+    ([{"name": "a", "task": "zeroshot"}], r"tasks\[0\] \(a\)\.data: missing"),
+    ([{"name": "a", "task": "detect", "data": "x"}], r"tasks\[0\] \(a\)\.task: 'detect' is unknown"),
+    ([{"name": "a", "task": "zeroshot", "data": "x", "colour": 1}], r"tasks\[0\] \(a\)\.colour: unknown key"),
+    ([{"name": "b", "task": "retrieval", "data": "x", "templates": "openai"}], r"\(b\)\.classnames: only zeroshot"),
+    ([{"name": "a", "task": "zeroshot", "data": "x", "split": "test"}], r"\(a\)\.split: 'test' is unknown"),
+    ([{"name": "a", "task": "zeroshot", "data": "x", "max_samples": 0}], r"\(a\)\.max_samples"),
+    ([{"name": "a", "task": "zeroshot", "data": "x"}, {"name": "a", "task": "retrieval", "data": "y"}], "appears twice"),
+    ([], "non-empty 'tasks:' list"),
+])
+def test_suite_validation_names_task_and_key(tasks: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        parse_suite({"tasks": tasks}, "s.yaml")
+    assert str(info.value).startswith("s.yaml") and "\n" not in str(info.value)
+
+
+class CountingEncoder:
+    """Wraps an Encoder to count text forwards (to observe classifier caching)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.text_calls = inner, 0
+        self.preprocess, self.tokenizer = inner.preprocess, inner.tokenizer
+
+    def encode_image(self, images):
+        return self.inner.encode_image(images)
+
+    def encode_text(self, tokens):
+        self.text_calls += 1
+        return self.inner.encode_text(tokens)
+
+
+def shard_suite(tmp_path: Path) -> Path:
+    samples = [{"key": f"k{i}", "colour": (40 * i, 0, 0), "cls": i % 2, "captions": [f"red {i}", f"dark {i}"]}
+               for i in range(6)]
+    write_shards(tmp_path / "shards", samples, ["cat", "dog"])
+    suite = {"tasks": [
+        {"name": "zs", "task": "zeroshot", "data": str(tmp_path / "shards"), "split": "val", "templates": ["a {}."]},
+        {"name": "rt", "task": "retrieval", "data": f"{tmp_path / 'shards'}::val", "max_samples": 4},
+    ]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    return tmp_path / "suite.yaml"
+
+
+def test_run_suite_records_and_classifier_cache(checkpoints: dict, tmp_path: Path) -> None:
+    encoder = CountingEncoder(load_checkpoint(checkpoints["export_dir"][0]))
+    suite = shard_suite(tmp_path)
+    records = run.run_suite(encoder, suite, batch_size=4, model="tiny", pretrained="ck", model_id="step_1",
+                            cache_dir=tmp_path / "cache", progress=False)
+    assert [(r["dataset"], r["task"], r["num_samples"]) for r in records] == [
+        ("zs", "zeroshot_classification", 6), ("rt", "zeroshot_retrieval", 4)]
+    assert all(r["model"] == "tiny" and r["pretrained"] == "ck" and "metrics" in r for r in records)
+    calls_first = encoder.text_calls
+    again = run.run_suite(encoder, suite, batch_size=4, model_id="step_1", progress=False)
+    assert encoder.text_calls - calls_first == calls_first - 1  # only the retrieval captions again
+    assert again[0]["metrics"] == records[0]["metrics"]
+    run._classifier_cache.clear()
+    from_disk = run.run_suite(encoder, suite, batch_size=4, model_id="step_1", cache_dir=tmp_path / "cache",
+                              progress=False)
+    assert from_disk[0]["metrics"] == records[0]["metrics"] and len(list((tmp_path / "cache").iterdir())) == 1
+    run.run_suite(encoder, suite, batch_size=4, model_id="step_2", progress=False)
+    assert {key[0] for key in run._classifier_cache} == {"step_2"}
+    assert "| zs | zeroshot_classification | 6 | 0 |" in run.markdown_table(records)
+
+
+@pytest.mark.shared_data
+def test_cli_on_shared_data_suite_every_kind(checkpoints: dict, shared_data: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "eval" / "suites" / "shared-data.yaml").read_text())
+    for task, data in zip(raw["tasks"], ("cifar10-test-2k", "coco-mini/captions.jsonl")):
+        task["data"], task["max_samples"] = str(shared_data / data), 12
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(raw))
+    tables = set()
+    for kind, (checkpoint, model_name) in checkpoints.items():
+        out = tmp_path / kind
+        run.main(["--checkpoint", checkpoint, "--suite", str(tmp_path / "small.yaml"), "--out", str(out)]
+                 + (["--model", model_name] if model_name else []))
+        records = json.loads((out / "results.json").read_text())
+        assert [r["dataset"] for r in records] == ["cifar10-test-2k", "coco-mini"]
+        tables.add(json.dumps([r["metrics"] for r in records]))
+        assert (out / "results.md").read_text().startswith("| dataset | task |")
+    assert len(tables) == 1  # every kind loads the same weights
+
+
+def test_demo_suite_runs_on_demo_shards(checkpoints: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        from data.demo import generate_demo
+    except ImportError as err:
+        pytest.skip(f"data.demo not importable ({err})")
+    monkeypatch.chdir(tmp_path)  # demo.yaml paths are relative to the working directory
+    generate_demo("demo_out/shards", num_train=4, num_val=12, shard_size=50, progress=False)
+    encoder = load_checkpoint(checkpoints["export_dir"][0])
+    records = run.run_suite(encoder, REPO / "eval" / "suites" / "demo.yaml", batch_size=8, progress=False)
+    assert [r["num_samples"] for r in records] == [12, 12]
+    assert records[0]["skipped"] == 0 and "acc1" in records[0]["metrics"]
+
+
+def test_cli_bad_suite_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "bad.yaml").write_text("tasks:\n  - {name: x, task: zeroshot}\n")
+    with pytest.raises(SystemExit) as info:
+        run.run_cli(run.main, ["--checkpoint", "nope", "--suite", str(tmp_path / "bad.yaml")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("(x).data: missing; every task needs name, task and data")

@@ -1,0 +1,35 @@
+"""Runs pretrain.train and friends for real in subprocesses (torchrun, gloo, DeepSpeed on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_module(args: list[str], *, timeout: int = 300, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `python -m ...` from the repo root with CPU DeepSpeed settings."""
+    full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}")
+    return result
+
+
+def torchrun(nproc: int, train_args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return run_module(
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pretrain.train", *train_args],
+        **kwargs,
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+

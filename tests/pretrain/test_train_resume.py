@@ -1,0 +1,51 @@
+"""2-process training under ZeRO 0/2/3 on CPU: save, resume, exact loss continuation, export."""
+
+from __future__ import annotations
+
+import shutil
+
+import open_clip
+import pytest
+import torch
+
+from pretrain.checkpoint import COMPLETE, LATEST, consolidated_state_dict, read_model_config
+from tests.pretrain.runner import REPO, read_metrics, torchrun
+
+pytestmark = pytest.mark.slow
+
+
+def losses(run_dir, first_step: int) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir) if m["step"] >= first_step}
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_resume_continues_the_loss_exactly(stage, demo_shards, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", f"zero.stage={stage}", "data.workers=2"]
+    torchrun(2, [*args, f"run_dir={full}"])
+    reference = losses(full, 1)
+    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
+
+    # Same run, interrupted after the step-3 checkpoint: keep only that one, then --resume auto.
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000006")
+    shutil.rmtree(resumed / "export")
+    (resumed / "checkpoints" / LATEST).write_text("step_00000003")
+    (resumed / "metrics.jsonl").write_text("")
+    torchrun(2, [*args, f"run_dir={resumed}", "--resume", "auto"])
+    after = losses(resumed, 1)
+    assert sorted(after) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert after[step] == pytest.approx(reference[step], abs=1e-5), (step, after, reference)
+
+    # The export loads in open_clip and matches the consolidated checkpoint.
+    config = read_model_config(full / "export")
+    open_clip.add_model_config(str(REPO / "pretrain" / "model_configs"))
+    weights = consolidated_state_dict(full)
+    assert (full / "checkpoints" / "step_00000006" / COMPLETE).is_file()
+    assert config["model_name"] == "clip-tiny"
+    for file in ("model.safetensors", "model.pt"):
+        model, _, _ = open_clip.create_model_and_transforms("clip-tiny", pretrained=str(full / "export" / file))
+        for name, tensor in model.state_dict().items():
+            if name in weights:
+                assert torch.equal(tensor, weights[name]), (file, name)
