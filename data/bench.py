@@ -40,7 +40,8 @@ def write_synthetic_shards(root: Path, side: int, shards: int = 4, per_shard: in
         with wds.TarWriter(str(root / name)) as writer:
             for i in range(per_shard):
                 # Upsampled noise plus fine noise: compresses roughly like a photo.
-                coarse = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
+                coarse = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+                coarse = coarse.resize((side, side), Image.BICUBIC)
                 pixels = np.clip(np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (side, side, 3)), 0, 255)
                 buffer = io.BytesIO()
                 Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=90)
@@ -109,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--shards", help="shard spec (default: temporary synthetic 512 px shards)")
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model name (transform + tokenizer)")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per configuration")
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per configuration")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--image-side", type=int, default=768,

@@ -37,7 +37,7 @@ import json
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -264,14 +264,18 @@ class SampleDecoder:
             raise SkipSample("corrupt_image", repr(exn)[:200]) from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(augment_seed)
-            return self.preprocess(image), caption
+            try:
+                return self.preprocess(image), caption
+            except Exception as exn:  # e.g. degenerate sizes that decode but cannot be resized
+                raise SkipSample("bad_image", repr(exn)[:200]) from None
 
     def caption(self, sample: dict) -> str:
         """One caption: from json["captions"] chosen by (seed, round, key) when there are several."""
         captions: list[str] = []
         if self.multi_caption and "json" in sample:
             try:
-                captions = [c for c in json.loads(sample["json"]).get("captions", []) if isinstance(c, str) and c.strip()]
+                stored = json.loads(sample["json"]).get("captions", [])
+                captions = [c for c in stored if isinstance(c, str) and c.strip()]
             except (ValueError, AttributeError) as exn:
                 raise SkipSample("corrupt_json", repr(exn)[:200]) from None
         if len(captions) > 1:
@@ -299,10 +303,10 @@ class WorkerState:
 
     cursor: int = 0
     epoch: int = 0
-    skipped: dict[str, int] | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"cursor": self.cursor, "epoch": self.epoch, "skipped": dict(self.skipped or {})}
+        return {"cursor": self.cursor, "epoch": self.epoch, "skipped": dict(self.skipped)}
 
 
 class StreamDataset(IterableDataset):
@@ -324,9 +328,9 @@ class StreamDataset(IterableDataset):
         # Fast-forward without decoding: only tar reading and the seeded shuffle run.
         for _ in itertools.islice(items, state.cursor):
             pass
-        return self._batches(items, worker, state.cursor, Counter(state.skipped or {}))
+        return self._batch_stream(items, worker, state.cursor, Counter(state.skipped))
 
-    def _batches(self, items: Iterator[dict], worker: int, cursor: int, skipped: Counter) -> Iterator[dict]:
+    def _batch_stream(self, items: Iterator[dict], worker: int, cursor: int, skipped: Counter) -> Iterator[dict]:
         images, captions, keys = [], [], []
         consecutive_skips, epoch = 0, 0
         for item in items:
@@ -335,7 +339,8 @@ class StreamDataset(IterableDataset):
             try:
                 if SKIP in item:
                     raise SkipSample(item[SKIP], item["detail"])
-                image, caption = self.decoder(item, derive_seed("augment", self.plan.seed, self.plan.rank, worker, cursor))
+                augment_seed = derive_seed("augment", self.plan.seed, self.plan.rank, worker, cursor)
+                image, caption = self.decoder(item, augment_seed)
             except SkipSample as skip:
                 consecutive_skips += 1
                 self._count_skip(skipped, skip, item, consecutive_skips)
@@ -365,7 +370,8 @@ class StreamDataset(IterableDataset):
         batch = {"images": torch.stack(images), "texts": texts, "keys": list(keys)}
         if self.mask is not None:
             # Seeded by the stream position, so a resumed run masks exactly like the original.
-            generator = torch.Generator().manual_seed(derive_seed("mlm", self.plan.seed, self.plan.rank, worker, cursor))
+            mlm_seed = derive_seed("mlm", self.plan.seed, self.plan.rank, worker, cursor)
+            generator = torch.Generator().manual_seed(mlm_seed)
             batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
                 texts, mask_token_id=self.mask.mask_token_id, vocab_size=self.mask.vocab_size,
                 special_ids=self.mask.special_ids, generator=generator, probability=self.mask.probability)
@@ -387,7 +393,7 @@ class StreamingLoader:
                  use_processes: bool) -> None:
         self.plan, self.batch_size = plan, batch_size
         self._dataset_args, self._prefetch_factor, self._use_processes = dataset_args, prefetch_factor, use_processes
-        self._states = [WorkerState(skipped={}) for _ in range(plan.num_slots)]
+        self._states = [WorkerState() for _ in range(plan.num_slots)]
         self._batches = 0
 
     @property
@@ -400,7 +406,7 @@ class StreamingLoader:
         """Cumulative skipped samples by reason, for this rank, up to the last batch handed out."""
         total: Counter = Counter()
         for state in self._states:
-            total.update(state.skipped or {})
+            total.update(state.skipped)
         return dict(total)
 
     @property

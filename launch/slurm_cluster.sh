@@ -64,13 +64,16 @@ SlurmdPort=$((CTLD_PORT + 1))
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# Requeued jobs wait cred_expire seconds before they may start again (default 120): keep tests short.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# Scheduling passes every 2 s (defaults 60 s / 30 s): a released requeued job starts promptly.
+SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
 MpiDefault=none
 SlurmdParameters=config_overrides

@@ -75,11 +75,25 @@ def safe_torch_load() -> Iterator[None]:
         torch.load = original
 
 
-def _unpickling_error(path: Path, error: Exception) -> CheckpointError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _load_error(checkpoint: Path, error: Exception) -> CheckpointError:
+    """One line for why a checkpoint could not be loaded: foreign code, another model, or corruption."""
+    text = str(error)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    if "GLOBAL" in text or "Unsupported global" in text:  # torch's words for a non-allowlisted class/function
+        culprit = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line), first)
+        return CheckpointError(
+            f"refusing to load {checkpoint}: it holds pickled objects that could run code ({culprit[:160]}); "
+            "only checkpoints written by this project (tensors and plain data) are accepted"
+        )
+    if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+        detail = next((line.strip() for line in text.splitlines() if "mismatch" in line or "key" in line), first)
+        return CheckpointError(
+            f"checkpoint {checkpoint} was written by a different model ({detail[:200]}); "
+            "resume with the same model config or start a new run_dir"
+        )
     return CheckpointError(
-        f"refusing to load {path}: it holds objects other than tensors ({first[:200]}); "
-        "only checkpoints written by this project (or plain tensor state dicts) are accepted"
+        f"cannot read checkpoint {checkpoint}: {first[:200]}; the files are corrupt or incomplete: "
+        "resume from an earlier step_* dir or start a new run_dir"
     )
 
 
@@ -166,10 +180,8 @@ def _full_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
             # ZeRO stage 0 keeps the whole module in the model-states file.
             states = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu")
             return states["module"]
-    except Exception as error:  # noqa: BLE001 - turn any unpickling/format failure into one line
-        if isinstance(error, torch.serialization.pickle.UnpicklingError) or "weights_only" in str(error):
-            raise _unpickling_error(checkpoint_dir, error) from None
-        raise CheckpointError(f"cannot read checkpoint {checkpoint_dir}: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # noqa: BLE001 - any unpickling/format failure becomes one line
+        raise _load_error(checkpoint_dir, error) from None
 
 
 def export(checkpoint_dir: Path, out_dir: Path) -> Path:
@@ -251,17 +263,8 @@ class Checkpointer:
                 load_path, client_state = engine.load_checkpoint(
                     str(checkpoint_dir.parent), tag=checkpoint_dir.name, load_module_strict=True
                 )
-        except RuntimeError as error:
-            text = str(error)
-            if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
-                detail = next((line.strip() for line in text.splitlines() if "mismatch" in line or "key" in line), text)
-                raise CheckpointError(
-                    f"checkpoint {checkpoint_dir} was written by a different model ({detail[:200]}); "
-                    "resume with the same model config or start a new run_dir"
-                ) from None
-            if "weights_only" in text or "Unsupported global" in text:
-                raise _unpickling_error(checkpoint_dir, error) from None
-            raise
+        except Exception as error:  # noqa: BLE001 - any unpickling/format/shape failure becomes one line
+            raise _load_error(checkpoint_dir, error) from None
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load {checkpoint_dir}; is it complete?")
         return client_state

@@ -152,8 +152,15 @@ class DualEncoder(nn.Module):
 
     @property
     def model_config(self) -> dict:
-        """The open_clip model cfg dict (what open_clip_config.json["model_cfg"] holds)."""
-        return open_clip.get_model_config(self.model_name)
+        """The open_clip model cfg dict (what open_clip_config.json["model_cfg"] holds).
+
+        A SigLIP-trained model gets `init_logit_bias` added when its base config lacks it: without
+        it open_clip builds no logit_bias parameter and the exported state dict would not load.
+        """
+        cfg = open_clip.get_model_config(self.model_name)
+        if self.clip.logit_bias is not None and cfg.get("init_logit_bias") is None:
+            cfg["init_logit_bias"] = log_temperature_init("siglip")[1]
+        return cfg
 
     def open_clip_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict loadable by open_clip.create_model(name, pretrained=file)."""

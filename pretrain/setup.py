@@ -83,34 +83,23 @@ def open_clip_config_json(cfg: TrainConfig, model) -> str:
     )
 
 
-class EngineEncoder:
-    """eval's Encoder protocol over the training engine: encoding goes through the engine's forward,
-    so ZeRO-3 gathers the partitioned weights (every rank must call it the same number of times)."""
-
-    def __init__(self, engine, preprocess: Callable, tokenizer: Callable) -> None:
-        self.engine, self.preprocess, self.tokenizer = engine, preprocess, tokenizer
-
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.engine(images=images.to(self.engine.device))["image_features"].float()
-
-    @torch.no_grad()
-    def encode_text(self, texts: torch.Tensor) -> torch.Tensor:
-        return self.engine(texts=texts.to(self.engine.device))["text_features"].float()
-
-
 def evaluate(engine, parts: RunParts, cfg: TrainConfig, dist: DistContext, step: int) -> dict[str, float]:
     """Runs the eval suite on every rank (ZeRO-3 needs all of them in each forward); returns flat metrics."""
+    from eval.encoder import ForwardEncoder
     from eval.run import run_suite
 
+    precision = "bf16" if cfg.precision == "bf16" else "fp32"
+    encoder = ForwardEncoder(engine, parts.preprocess_val, parts.tokenizer, device=dist.device, precision=precision)
     engine.eval()
     try:
         records = run_suite(
-            EngineEncoder(engine, parts.preprocess_val, parts.tokenizer),
+            encoder,
             cfg.eval.suite,
             device=str(dist.device),
             batch_size=cfg.eval.batch_size,
-            cache_key=f"{cfg.run_dir}@{step}",
+            model=cfg.model.name,
+            pretrained=f"{cfg.run_dir}@step{step}",
+            model_id=f"{cfg.run_dir}@step{step}",
             progress=False,
         )
     finally:

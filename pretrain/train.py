@@ -10,6 +10,7 @@ the whole accumulated batch as open_clip's --accum-freq feature cache does).
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import sys
 import time
@@ -122,7 +123,15 @@ def train_step(engine, batches: Iterator[dict], cfg: TrainConfig, dist: DistCont
         "data_wait": counters.data_wait_s / elapsed,
         "samples_seen": state.samples_seen,
         "nonfinite_steps": state.nonfinite_steps,
+        "peak_memory_mb": peak_memory_mb(dist.device),
     }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory allocated, or this process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 # --- checkpoints and resume ------------------------------------------------------------------------

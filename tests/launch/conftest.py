@@ -20,6 +20,9 @@ class SlurmCluster:
     conf: Path
     env: dict[str, str]
 
+    def with_env(self, env: dict[str, str]) -> SlurmCluster:
+        return SlurmCluster(self.conf, {**self.env, **env})
+
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(list(args), env=self.env, cwd=REPO, capture_output=True, text=True,
                               timeout=timeout, check=False)

@@ -8,10 +8,11 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import REPO, SlurmCluster
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -48,20 +49,21 @@ FAKE_TRAIN = textwrap.dedent(
 )
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{tail}")
         time.sleep(0.5)
 
 
-def job_field(cluster: SlurmCluster, job: str, field: str) -> str:
+def job_field(cluster: Any, job: str, field: str) -> str:
     shown = cluster.run("scontrol", "show", "job", job).stdout
     return next((w.split("=", 1)[1] for w in shown.split() if w.startswith(f"{field}=")), "")
 
 
-def test_srun_tasks_map_to_ranks(slurm_cluster: SlurmCluster) -> None:
+def test_srun_tasks_map_to_ranks(slurm_cluster: Any) -> None:
     done = slurm_cluster.run("srun", "-N1", "-n2", sys.executable, "-m", "launch.env")
     assert done.returncode == 0, done.stderr
     envs = sorted((json.loads(line) for line in done.stdout.splitlines()), key=lambda e: e["rank"])
@@ -70,25 +72,24 @@ def test_srun_tasks_map_to_ranks(slurm_cluster: SlurmCluster) -> None:
     ]
 
 
-def test_pretrain_sbatch_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_pretrain_sbatch_checkpoints_requeues_and_resumes(slurm_cluster: Any, tmp_path: Path) -> None:
     (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
     (tmp_path / "config.yaml").write_text("{}\n")
     env = {**slurm_cluster.env, "TRAIN_MODULE": "fake_train", "PYTHONPATH": str(tmp_path),
            "FAKE_OUT": str(tmp_path), "PYTHON": sys.executable, "NPROC_PER_NODE": "2"}
-    cluster = SlurmCluster(slurm_cluster.conf, env)
+    cluster = slurm_cluster.with_env(env)
     submitted = cluster.run("sbatch", "--parsable", f"--output={tmp_path}/%x-%j.out",
                             "launch/slurm/pretrain.sbatch", str(tmp_path / "config.yaml"), "optim.lr=0.1")
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
     log = tmp_path / f"clip-pretrain-{job}.out"
     try:
-        wait_until(lambda: all((tmp_path / f"rank-0-{r}.json").exists() for r in (0, 1)), 90, "2 ranks to start")
+        wait_until(lambda: all((tmp_path / f"rank-0-{r}.json").exists() for r in (0, 1)), 90, "2 ranks to start", log)
         # What SLURM does 120 s before the time limit (#SBATCH --signal=B:USR1@120).
         assert cluster.run("scancel", "--signal=USR1", "--batch", job).returncode == 0
-        wait_until(lambda: job_field(cluster, job, "Restarts") == "1", 60, "the job to requeue itself")
-        # SLURM holds a requeued job for ~2 minutes; release it now.
-        cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
-        wait_until(lambda: job_field(cluster, job, "JobState") == "COMPLETED", 120, "the resumed job to finish")
+        wait_until(lambda: job_field(cluster, job, "Restarts") == "1", 60, "the job to requeue itself", log)
+        # The requeued job may start after cred_expire (10 s in launch/slurm_cluster.sh's config).
+        wait_until(lambda: job_field(cluster, job, "JobState") == "COMPLETED", 120, "the resumed job to finish", log)
     finally:
         cluster.run("scancel", job)
     output = log.read_text()
@@ -101,7 +102,7 @@ def test_pretrain_sbatch_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCl
     assert "(restart 0)" in output and "(restart 1)" in output and "requeueing job" in output
 
 
-def test_eval_sbatch_runs_one_step_per_suite(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_eval_sbatch_runs_one_step_per_suite(slurm_cluster: Any, tmp_path: Path) -> None:
     # A stand-in interpreter that records the command eval.sbatch runs for each suite.
     fake_python = tmp_path / "python"
     fake_python.write_text(f'#!/bin/bash\necho "$@" > "{tmp_path}/eval-$SLURM_STEP_ID"\n')
@@ -110,7 +111,7 @@ def test_eval_sbatch_runs_one_step_per_suite(slurm_cluster: SlurmCluster, tmp_pa
     for path in [*suites, tmp_path / "ckpt"]:
         path.write_text("{}\n")
     env = {**slurm_cluster.env, "PYTHON": str(fake_python), "EVAL_ARGS": "--batch-size 8"}
-    submitted = SlurmCluster(slurm_cluster.conf, env).run(
+    submitted = slurm_cluster.with_env(env).run(
         "sbatch", "--parsable", "--wait", f"--output={tmp_path}/eval.out", "launch/slurm/eval.sbatch",
         str(tmp_path / "ckpt"), *map(str, suites), timeout=120,
     )
@@ -122,7 +123,7 @@ def test_eval_sbatch_runs_one_step_per_suite(slurm_cluster: SlurmCluster, tmp_pa
     ]
 
 
-def test_eval_sbatch_rejects_missing_paths(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_eval_sbatch_rejects_missing_paths(slurm_cluster: Any, tmp_path: Path) -> None:
     submitted = slurm_cluster.run("sbatch", "--parsable", "--wait", f"--output={tmp_path}/eval.out",
                                   "launch/slurm/eval.sbatch", str(tmp_path / "missing"), timeout=120)
     assert submitted.returncode != 0

@@ -44,6 +44,7 @@ def run_case(case: str, images, texts, raw, bias, rank: int, world_size: int) ->
 
 def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         images, texts, raw, bias = global_batch(world_size)
@@ -63,9 +64,7 @@ def free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("world_size", [2, 3])  # 3 exercises SigLIP's bidirectional exchange
 def test_distributed_losses_equal_single_process(world_size: int, tmp_path: Path) -> None:
-    # fork: the children reuse the already-imported torch (spawn re-imports it: ~10 s per rank on CI).
-    mp.start_processes(worker, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size,
-                       join=True, start_method="fork")
+    mp.spawn(worker, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     images, texts, raw, bias = global_batch(world_size)
     for case in CASES:
