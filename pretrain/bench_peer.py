@@ -16,6 +16,9 @@ so a peer option such as `--logs` would be taken as an ambiguous `--logs-specs`.
    carried nothing it uses. `get_wds_dataset` looks the function up by module global at call time,
    and DataLoader workers are forked after the swap, so they see it too.
 
+3. With several CPU processes, open_clip_train passes `device_ids=[cpu]` to DistributedDataParallel,
+   which PyTorch rejects; DDP is given `device_ids=None` instead (the CPU form; same gradients).
+
 On exit, rank 0 prints `bench_peer: peak_memory_mb=<float>` (CPU: peak resident set, from
 ru_maxrss; CUDA: torch.cuda.max_memory_allocated) so the bench can compare memory too.
 """
@@ -46,12 +49,22 @@ def tarfile_to_samples_no_eof(src: Iterable[dict], handler: Callable[[Exception]
     return peer_data.group_by_keys_nothrow(files, handler=handler)
 
 
+class CpuDeviceIdsDDP(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that drops CPU `device_ids` (only GPU modules accept them)."""
+
+    def __init__(self, module: torch.nn.Module, device_ids=None, *args, **kwargs) -> None:
+        if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+            device_ids = None
+        super().__init__(module, device_ids, *args, **kwargs)
+
+
 def patch_peer() -> None:
     """Registers our model configs and installs the webdataset workaround (idempotent)."""
     from open_clip_train import data as peer_data
 
     open_clip.add_model_config(MODEL_CONFIG_DIR)
     peer_data.tarfile_to_samples_nothrow = tarfile_to_samples_no_eof
+    torch.nn.parallel.DistributedDataParallel = CpuDeviceIdsDDP  # open_clip_train.main looks it up per call
 
 
 def peak_memory_mb() -> float:

@@ -146,26 +146,14 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
 # --- consolidation and export ---------------------------------------------------------------------
 
 
-def to_open_clip_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Training-side (DualEncoder) names -> open_clip's: strips `clip.`, drops the MLM head, and gives
-    logit_scale / logit_bias back their 0-dim shape (we train them as [1] for DeepSpeed)."""
-    result = {}
-    for name, tensor in state_dict.items():
-        if not name.startswith("clip."):
-            continue  # MLM head and mask embedding: training-only
-        name = name[len("clip.") :]
-        if name in ("logit_scale", "logit_bias") and tensor.dim() == 1:
-            tensor = tensor.reshape(())
-        result[name] = tensor.detach().to("cpu", torch.float32).contiguous()
-    return result
-
-
 def consolidated_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """fp32 open_clip state dict from a checkpoint of any ZeRO stage (partitions merged), loaded
     without unpickling code."""
     checkpoint_dir = resolve_checkpoint_dir(path)
+    from pretrain.model import to_open_clip_state_dict
+
     full = _full_state_dict(checkpoint_dir)
-    return to_open_clip_state_dict(full)
+    return {name: tensor.to(torch.float32).contiguous() for name, tensor in to_open_clip_state_dict(full).items()}
 
 
 def _full_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:

@@ -257,7 +257,10 @@ def compute_objective(
     if loss_cfg.mlm_enabled:
         if outputs.get("mlm_logits") is None or batch.get("mlm_labels") is None:
             raise ValueError("batch: mlm_weight > 0 needs mlm_input_ids/mlm_labels in the batch and mlm_logits in outputs")
-        mlm, mlm_accuracy = mlm_loss(outputs["mlm_logits"], batch["mlm_labels"])
+        if outputs.get("mlm_targets") is not None:  # logits computed at masked positions only: [M, V]
+            mlm, mlm_accuracy = mlm_loss(outputs["mlm_logits"][None], outputs["mlm_targets"][None])
+        else:
+            mlm, mlm_accuracy = mlm_loss(outputs["mlm_logits"], batch["mlm_labels"])
         total = contrastive + loss_cfg.mlm_weight * mlm
     parts = {
         "contrastive": contrastive.detach(),

@@ -95,8 +95,10 @@ class TextMLM(nn.Module):
         _register_external(self, text.positional_embedding)
         _register_external(self, text.token_embedding.weight)
 
-    def forward(self, clip: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, L] (mask id = vocab_size) -> logits [B, L, V]."""
+    def forward(self, clip: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, L] (mask id = vocab_size) -> logits [B, L, V], or [M, V] at the M positions
+        where the bool mask `positions` [B, L] is set (the vocabulary projection is the big tensor:
+        at B=256, L=77 the full [B, L, V] would take ~3.9 GB in fp32)."""
         text = text_tower_parts(clip)
         if input_ids.max() > self.mask_token_id or input_ids.min() < 0:
             raise ValueError(f"mlm_input_ids: ids must be in [0, {self.mask_token_id}] ({self.mask_token_id} = [MASK])")
@@ -110,6 +112,8 @@ class TextMLM(nn.Module):
         attn_mask = key_padding_mask(input_ids, text.transformer.resblocks[0].attn.num_heads, x.dtype)
         x = text.transformer(x, attn_mask=attn_mask)
         x = text.ln_final(x)
+        if positions is not None:
+            x = x[positions]
         return self.head(x, text.token_embedding.weight)
 
 
@@ -120,31 +124,3 @@ def _register_external(module: nn.Module, param: nn.Parameter) -> None:
     except ImportError:
         return
     deepspeed.zero.register_external_parameter(module, param)
-
-
-def mask_tokens(
-    input_ids: torch.Tensor,
-    mask_token_id: int,
-    probability: float = 0.15,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking of open_clip token ids [B, L] -> (mlm_input_ids [B, L], mlm_labels [B, L]).
-
-    Candidates are the caption tokens strictly between SOT (position 0) and EOT (the argmax id).
-    Of the selected ones 80% become [MASK], 10% a random regular token, 10% stay. Labels hold the
-    original id at selected positions and -100 elsewhere. Random tokens are drawn below
-    mask_token_id - 2 so SOT/EOT (the two highest ids) never appear in the middle of a caption.
-    """
-    batch, length = input_ids.shape
-    positions = torch.arange(length, device=input_ids.device)
-    eot = input_ids.argmax(dim=1, keepdim=True)
-    candidates = (positions[None, :] > 0) & (positions[None, :] < eot)
-    draw = torch.rand(batch, length, generator=generator, device=input_ids.device)
-    selected = candidates & (draw < probability)
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    action = torch.rand(batch, length, generator=generator, device=input_ids.device)
-    random_ids = torch.randint(1, mask_token_id - 2, (batch, length), generator=generator, device=input_ids.device)
-    masked = input_ids.clone()
-    masked = torch.where(selected & (action < 0.8), torch.full_like(input_ids, mask_token_id), masked)
-    masked = torch.where(selected & (action >= 0.8) & (action < 0.9), random_ids, masked)
-    return masked, labels

@@ -130,10 +130,12 @@ class DualEncoder(nn.Module):
         images: torch.Tensor | None = None,
         texts: torch.Tensor | None = None,
         mlm_input_ids: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """images [B, 3, H, W], texts [B, L], mlm_input_ids [B, L] -> dict:
         image_features / text_features [B, D] (L2-normalised) or None, logit_scale [1] (raw log),
-        logit_bias [1] or None, mlm_logits [B, L, V] when mlm_input_ids is given."""
+        logit_bias [1] or None, mlm_logits [B, L, V] when mlm_input_ids is given, or only at the
+        M masked positions ([M, V], with "mlm_targets" [M]) when mlm_labels [B, L] is given too."""
         # Always through the open_clip module's own forward: ZeRO-3 gathers weights in its hooks.
         out = self.clip(images, texts)
         # clone(): returning a Parameter itself from the root forward confuses ZeRO-3's hooks.
@@ -147,7 +149,12 @@ class DualEncoder(nn.Module):
         if mlm_input_ids is not None:
             if self.mlm is None:
                 raise ValueError("mlm_input_ids: this model has no MLM head; build it with loss.mlm_weight > 0")
-            result["mlm_logits"] = self.mlm(self.clip, mlm_input_ids)
+            if mlm_labels is None:
+                result["mlm_logits"] = self.mlm(self.clip, mlm_input_ids)
+            else:
+                masked = mlm_labels != -100
+                result["mlm_logits"] = self.mlm(self.clip, mlm_input_ids, masked)
+                result["mlm_targets"] = mlm_labels[masked]
         return result
 
     @property

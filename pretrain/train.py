@@ -53,6 +53,7 @@ def train(cfg: TrainConfig, dist: DistContext) -> dict[str, Any]:
     state = TrainState()
     resume_from = resolve_resume(cfg, checkpointer)
     if resume_from is not None:
+        check_resumable(resume_from, cfg, dist)
         restore(engine, loader, state, checkpointer, resume_from, dist)
     total_steps = cfg.total_steps(dist.world_size)
     tracker = Tracker(run_dir, cfg, dist.is_main, total_steps, state.step)
@@ -95,7 +96,10 @@ def train_step(engine, batches: Iterator[dict], cfg: TrainConfig, dist: DistCont
         counters.data_wait_s += time.perf_counter() - fetch
         batch = {k: v.to(dist.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         state.samples_seen += batch["images"].shape[0] * dist.world_size
-        outputs = engine(images=batch["images"], texts=batch["texts"], mlm_input_ids=batch.get("mlm_input_ids"))
+        outputs = engine(
+            images=batch["images"], texts=batch["texts"],
+            mlm_input_ids=batch.get("mlm_input_ids"), mlm_labels=batch.get("mlm_labels"),
+        )
         loss, parts = compute_objective(outputs, batch, cfg.loss, dist.rank, dist.world_size)
         # Every rank must agree, or ranks would disagree on whether to run the gradient all-reduce.
         if any_true(not bool(torch.isfinite(loss)), dist.device):
@@ -158,6 +162,27 @@ def resolve_resume(cfg: TrainConfig, checkpointer: ckpt.Checkpointer) -> Path | 
     if resume == "auto":
         return checkpointer.latest()  # None on a fresh run: start from scratch
     return ckpt.resolve_checkpoint_dir(resume)
+
+
+def check_resumable(checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -> None:
+    """Refuses a world-size or ZeRO-stage change before DeepSpeed tries: it fails on those with an
+    assert or an attribute error deep in its loader, which would read as a corrupt checkpoint."""
+    try:
+        with ckpt.safe_torch_load():  # weights_only; mmap: reads only the small client-state entries
+            saved = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True)
+        saved_world, saved_stage = saved.get("world_size"), saved.get("zero_stage")
+    except Exception:  # noqa: BLE001 - unreadable: Checkpointer.load reports why, in one line
+        return
+    if saved_world is not None and saved_world != dist.world_size:
+        raise TrainingError(
+            f"checkpoint {checkpoint_dir} was written by {saved_world} processes, this run has {dist.world_size}; "
+            "exact data resume needs the same world size: relaunch with that many processes"
+        )
+    if saved_stage is not None and saved_stage != cfg.zero.stage:
+        raise TrainingError(
+            f"checkpoint {checkpoint_dir} was written with zero.stage={saved_stage}, this run has "
+            f"zero.stage={cfg.zero.stage}; DeepSpeed cannot repartition it: resume with zero.stage={saved_stage}"
+        )
 
 
 def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Path, dist: DistContext) -> None:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,40 @@ class SlurmCluster:
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(list(args), env=self.env, cwd=REPO, capture_output=True, text=True,
                               timeout=timeout, check=False)
+
+    def submit(self, *args: str) -> str:
+        """`sbatch --parsable ARGS`; returns the job id (fails the test with sbatch's error)."""
+        done = self.run("sbatch", "--parsable", *args)
+        assert done.returncode == 0, f"sbatch {' '.join(args)} failed: {done.stderr}"
+        return done.stdout.strip().split(";")[0]
+
+    def job_field(self, job: str, field: str) -> str:
+        """One `Field=value` of `scontrol show job JOB` ('' when absent)."""
+        shown = self.run("scontrol", "show", "job", job).stdout
+        return next((w.split("=", 1)[1] for w in shown.split() if w.startswith(f"{field}=")), "")
+
+    def wait_for_job(self, job: str, timeout: float, log: Path | None = None) -> str:
+        """Polls until JOB has ended (faster than `sbatch --wait`); returns its final JobState."""
+        ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL")
+        state = ""
+
+        def done() -> bool:
+            nonlocal state
+            state = self.job_field(job, "JobState")
+            return state in ended
+
+        wait_until(done, timeout, f"job {job} to end (last state {state or 'unknown'})", log)
+        return state
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    """Polls `condition` every 0.5 s; fails the test with the log's tail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-4000:] if log is not None and log.exists() else "(no log)"
+            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{tail}")
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrain.losses import LossConfig, compute_objective
-from pretrain.mlm import mask_tokens
+from tests.model.masking import mask_tokens
 from pretrain.model import SHIPPED_CONFIGS, ModelConfig, build_model, main, parameter_counts
 
 

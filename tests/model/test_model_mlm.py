@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pretrain.losses import LossConfig, mlm_loss
-from pretrain.mlm import key_padding_mask, mask_tokens
+from pretrain.mlm import key_padding_mask
+from tests.model.masking import mask_tokens
 from pretrain.model import ModelConfig, build_model
 
 COLOURS = ["red", "blue", "green", "white", "black", "yellow"]

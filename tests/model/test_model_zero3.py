@@ -16,7 +16,7 @@ import torch
 torch.set_num_threads(1)
 import deepspeed, open_clip
 from pretrain.losses import LossConfig, compute_objective, param_groups
-from pretrain.mlm import mask_tokens
+from tests.model.masking import mask_tokens
 from pretrain.model import ModelConfig, build_model
 loss_cfg = LossConfig(kind="siglip", mlm_weight=0.2)
 torch.manual_seed(0)
