@@ -4,10 +4,9 @@
 
 Both pipelines get the model's training transform and tokenizer; images/s is measured over
 ``--batches`` batches after a first (warm-up) batch, which absorbs worker start-up and the
-shuffle-buffer fill. Without --shards, 256 synthetic JPEGs (768 px by default: fast decode only
-helps when the stored side is at least twice the transform's resize target, 273 px for ViT-B-32's
-training RandomResizedCrop) are written to a temporary directory first, so the bench runs out of
-the box on a CPU.
+shuffle-buffer fill. Without --shards, 256 synthetic 512 px JPEGs (fast decode halves the decode
+resolution when the stored short side is at least twice the model input, 224 px for ViT-B-32) are
+written to a temporary directory first, so the bench runs out of the box on a CPU.
 """
 from __future__ import annotations
 
@@ -113,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=12, help="timed batches per configuration")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
-    parser.add_argument("--image-side", type=int, default=768,
+    parser.add_argument("--image-side", type=int, default=512,
                         help="side of the synthetic JPEGs; fast decode needs >= 2x the transform's target")
     args = parser.parse_args(argv)
     try:

@@ -74,7 +74,7 @@ def gather_objects(obj: Any) -> list[Any]:
 
 def all_true(flag: bool, device: torch.device) -> bool:
     """True only when `flag` holds on every rank (ranks must agree to skip a step)."""
-    if not torch_dist.is_initialized():
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MIN)

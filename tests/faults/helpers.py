@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from tests.pretrain.runner import REPO, read_metrics
 
 SMOKE = ["--config", "pretrain/configs/smoke.yaml"]
@@ -56,21 +58,42 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, log: Path
         time.sleep(0.2)
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """`pid` and all its descendants (torchrun starts each worker in a session of its own, so
+    os.killpg on torchrun's group alone would leave the ranks training)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    return [p for p in processes if running(p)]
+
+
 def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL to the whole session (torchrun, ranks, data workers); reaps the leader."""
+    """SIGKILL to the whole job, as a scheduler's cgroup kill would: torchrun's session and every
+    descendant (ranks, data workers); reaps the leader and waits until none is left."""
+    tree = process_tree(process.pid)
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     process.wait(timeout=30)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    deadline = time.time() + 30
+    while alive(tree) and time.time() < deadline:
+        time.sleep(0.2)
 
 
 def logged_steps(run_dir: Path) -> list[int]:

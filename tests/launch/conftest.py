@@ -39,6 +39,9 @@ class SlurmCluster:
         shown = self.run("scontrol", "show", "job", job).stdout
         return next((w.split("=", 1)[1] for w in shown.split() if w.startswith(f"{field}=")), "")
 
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+        wait_until(condition, timeout, what, log)
+
     def wait_for_job(self, job: str, timeout: float, log: Path | None = None) -> str:
         """Polls until JOB has ended (faster than `sbatch --wait`); returns its final JobState."""
         ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL")

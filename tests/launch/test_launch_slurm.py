@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +47,6 @@ FAKE_TRAIN = textwrap.dedent(
 )
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{tail}")
-        time.sleep(0.5)
-
-
-def job_field(cluster: Any, job: str, field: str) -> str:
-    shown = cluster.run("scontrol", "show", "job", job).stdout
-    return next((w.split("=", 1)[1] for w in shown.split() if w.startswith(f"{field}=")), "")
-
-
 def test_srun_tasks_map_to_ranks(slurm_cluster: Any) -> None:
     done = slurm_cluster.run("srun", "-N1", "-n2", sys.executable, "-m", "launch.env")
     assert done.returncode == 0, done.stderr
@@ -84,12 +68,12 @@ def test_pretrain_sbatch_checkpoints_requeues_and_resumes(slurm_cluster: Any, tm
     job = submitted.stdout.strip().split(";")[0]
     log = tmp_path / f"clip-pretrain-{job}.out"
     try:
-        wait_until(lambda: all((tmp_path / f"rank-0-{r}.json").exists() for r in (0, 1)), 90, "2 ranks to start", log)
+        cluster.wait_until(lambda: all((tmp_path / f"rank-0-{r}.json").exists() for r in (0, 1)), 90, "2 ranks to start", log)
         # What SLURM does 120 s before the time limit (#SBATCH --signal=B:USR1@120).
         assert cluster.run("scancel", "--signal=USR1", "--batch", job).returncode == 0
-        wait_until(lambda: job_field(cluster, job, "Restarts") == "1", 60, "the job to requeue itself", log)
+        cluster.wait_until(lambda: cluster.job_field(job, "Restarts") == "1", 60, "the job to requeue itself", log)
         # The requeued job may start after cred_expire (10 s in launch/slurm_cluster.sh's config).
-        wait_until(lambda: job_field(cluster, job, "JobState") == "COMPLETED", 120, "the resumed job to finish", log)
+        cluster.wait_until(lambda: cluster.job_field(job, "JobState") == "COMPLETED", 120, "the resumed job to finish", log)
     finally:
         cluster.run("scancel", job)
     output = log.read_text()
@@ -110,7 +94,8 @@ def test_eval_sbatch_runs_one_step_per_suite(slurm_cluster: Any, tmp_path: Path)
     suites = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
     for path in [*suites, tmp_path / "ckpt"]:
         path.write_text("{}\n")
-    env = {**slurm_cluster.env, "PYTHON": str(fake_python), "EVAL_ARGS": "--batch-size 8"}
+    env = {**slurm_cluster.env, "PYTHON": str(fake_python), "EVAL_ARGS": "--batch-size 8",
+           "EVAL_OUT": str(tmp_path / "out")}
     submitted = slurm_cluster.with_env(env).run(
         "sbatch", "--parsable", "--wait", f"--output={tmp_path}/eval.out", "launch/slurm/eval.sbatch",
         str(tmp_path / "ckpt"), *map(str, suites), timeout=120,
@@ -118,7 +103,8 @@ def test_eval_sbatch_runs_one_step_per_suite(slurm_cluster: Any, tmp_path: Path)
     assert submitted.returncode == 0, submitted.stderr + (tmp_path / "eval.out").read_text()
     commands = sorted(p.read_text().split() for p in tmp_path.glob("eval-*"))
     assert commands == [
-        ["-m", "eval.run", "--checkpoint", str(tmp_path / "ckpt"), "--suite", str(s), "--batch-size", "8"]
+        ["-m", "eval.run", "--checkpoint", str(tmp_path / "ckpt"), "--suite", str(s),
+         "--out", str(tmp_path / "out" / s.stem), "--batch-size", "8"]  # one results folder per suite
         for s in suites
     ]
 
@@ -128,3 +114,20 @@ def test_eval_sbatch_rejects_missing_paths(slurm_cluster: Any, tmp_path: Path) -
                                   "launch/slurm/eval.sbatch", str(tmp_path / "missing"), timeout=120)
     assert submitted.returncode != 0
     assert "error:" in (tmp_path / "eval.out").read_text() and str(REPO) in (tmp_path / "eval.out").read_text()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "not found"),
+    ("# comment\ntotal_samples=32\noptim.lr\n", "has 'optim.lr', not key=value"),
+])
+def test_pretrain_sbatch_rejects_a_bad_overrides_file(slurm_cluster: Any, tmp_path: Path, content: str | None,
+                                                      message: str) -> None:
+    overrides = tmp_path / "overrides.txt"
+    if content is not None:
+        overrides.write_text(content)
+    cluster = slurm_cluster.with_env({"OVERRIDES_FILE": str(overrides), "TRAIN_MODULE": "not_run"})
+    job = cluster.submit(f"--output={tmp_path}/%x-%j.out", "launch/slurm/pretrain.sbatch", "pretrain/configs/smoke.yaml")
+    log = tmp_path / f"clip-pretrain-{job}.out"
+    assert cluster.wait_for_job(job, 60, log) == "FAILED"
+    errors = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "OVERRIDES_FILE" in errors[0] and message in errors[0], log.read_text()
