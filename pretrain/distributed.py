@@ -42,6 +42,7 @@ def init_distributed() -> DistContext:
     env = resolve_dist_env(os.environ)
     if env.launcher == "single" and "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(free_port())
+        env = resolve_dist_env(os.environ)  # else apply_dist_env writes back the default 29500
     apply_dist_env(env, os.environ)
     device = pick_device(env.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
