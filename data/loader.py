@@ -455,9 +455,9 @@ class StreamingLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue after the last batch recorded in ``state``; the stream setup must match."""
         mine = self.state_dict()
-        for field in ("version", "mode", "seed", "rank", "world_size", "num_slots", "shards", "shard_digest"):
-            if state.get(field) != mine[field]:
-                raise ValueError(f"data state: {field} is {state.get(field)!r} in the checkpoint but {mine[field]!r}"
+        for name in ("version", "mode", "seed", "rank", "world_size", "num_slots", "shards", "shard_digest"):
+            if state.get(name) != mine[name]:
+                raise ValueError(f"data state: {name} is {state.get(name)!r} in the checkpoint but {mine[name]!r}"
                                  " now; resume with the same shards, seed, mode, ranks and workers")
         self._states = [WorkerState(int(s["cursor"]), int(s["epoch"]), dict(s["skipped"])) for s in state["workers"]]
         self._batches = int(state["batches"])

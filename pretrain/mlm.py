@@ -30,7 +30,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pretrain.losses import IGNORE_INDEX
 
 
 def text_tower_parts(clip: nn.Module) -> nn.Module:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import TrainConfig, dump_config
@@ -71,6 +70,13 @@ def build_everything(cfg: TrainConfig, dist: DistContext) -> RunParts:
         mask_token_id=tokenizer.vocab_size if mlm_on else None,
         vocab_size=tokenizer.vocab_size if mlm_on else None,
     )
+    per_epoch = loader.samples_per_epoch
+    if cfg.data.mode == "epoch" and per_epoch is not None and cfg.micro_batch * dist.world_size > per_epoch:
+        raise ValueError(
+            f"micro_batch: {cfg.micro_batch} x {dist.world_size} processes is more than one epoch of data "
+            f"({per_epoch} samples), so a batch would pair each sample with its own copy as a negative; "
+            "lower micro_batch or add data"
+        )
     checkpointer = ckpt.Checkpointer(Path(cfg.run_dir), cfg.checkpoint.keep_last, dist)
     return RunParts(engine, loader, checkpointer, preprocess_val, tokenizer)
 
