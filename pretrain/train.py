@@ -53,8 +53,7 @@ def train(cfg: TrainConfig, dist: DistContext) -> dict[str, Any]:
     state = TrainState()
     resume_from = resolve_resume(cfg, checkpointer)
     if resume_from is not None:
-        check_resumable(resume_from, cfg, dist)
-        restore(engine, loader, state, checkpointer, resume_from, dist)
+        restore(engine, loader, state, checkpointer, resume_from, cfg, dist)
     total_steps = cfg.total_steps(dist.world_size)
     tracker = Tracker(run_dir, cfg, dist.is_main, total_steps, state.step)
     tracker.message(describe_run(cfg, dist, total_steps, resume_from))
@@ -185,14 +184,10 @@ def check_resumable(checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -
         )
 
 
-def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Path, dist: DistContext) -> None:
+def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -> None:
+    """Engine, counters, this rank's loader cursor and RNG state from `checkpoint_dir`."""
+    check_resumable(checkpoint_dir, cfg, dist)
     client = checkpointer.load(engine, checkpoint_dir)
-    saved_world = client.get("world_size")
-    if saved_world != dist.world_size:
-        raise TrainingError(
-            f"checkpoint {checkpoint_dir} was written by {saved_world} processes, this run has {dist.world_size}; "
-            "exact data resume needs the same world size: relaunch with that many processes"
-        )
     state.load_state_dict(client["train_state"])
     mine = client["ranks"][dist.rank]
     loader.load_state_dict(mine["loader"])
