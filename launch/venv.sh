@@ -7,6 +7,7 @@ ensure_venv() {
   fi
   echo "setting up .venv from requirements.txt (first time: a few minutes)" >&2
   python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r requirements.txt
+  # (grep drops the registry mirror's "Location ... is ignored" noise, nothing else)
+  .venv/bin/python -m pip install --quiet --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
+  .venv/bin/python -m pip install --quiet -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
 }
