@@ -166,7 +166,7 @@ def _full_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
                     str(checkpoint_dir.parent), tag=checkpoint_dir.name
                 )
             # ZeRO stage 0 keeps the whole module in the model-states file.
-            states = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu")
+            states = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
             return states["module"]
     except Exception as error:  # noqa: BLE001 - any unpickling/format failure becomes one line
         raise _load_error(checkpoint_dir, error) from None

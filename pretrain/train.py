@@ -168,7 +168,7 @@ def check_resumable(checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -
     assert or an attribute error deep in its loader, which would read as a corrupt checkpoint."""
     try:
         with ckpt.safe_torch_load():  # weights_only; mmap: reads only the small client-state entries
-            saved = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True)
+            saved = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True, weights_only=True)
         saved_world, saved_stage = saved.get("world_size"), saved.get("zero_stage")
     except Exception:  # noqa: BLE001 - unreadable: Checkpointer.load reports why, in one line
         return
