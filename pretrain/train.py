@@ -14,6 +14,7 @@ import resource
 import signal
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +232,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch 2.14 marks the autograd-aware all_gather (what gathering features with gradient needs)
+    # as deprecated, with no drop-in replacement yet; say it once in the docs, not once per rank.
+    warnings.filterwarnings("ignore", message=r".*all_gather.* is deprecated", category=FutureWarning)
     args = parse_args(argv)
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
     try:
