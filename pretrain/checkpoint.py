@@ -228,6 +228,10 @@ class Checkpointer:
                 f"could not save checkpoint {target}: {reason}; the previous checkpoint ({previous}) is intact"
             )
         if self.dist.is_main:
+            # DeepSpeed drops its zero_to_fp32.py / zero_to_torch.py beside every save; they unpickle
+            # with weights_only=False. consolidated_state_dict / export replace them safely.
+            for script in ("zero_to_fp32.py", "zero_to_torch.py"):
+                (self.dir / script).unlink(missing_ok=True)
             (target / COMPLETE).write_text(json.dumps({"step": step}))
             _atomic(self.dir / LATEST, lambda tmp: tmp.write_text(tag))
             self._prune(keep=tag)

@@ -43,6 +43,8 @@ def test_resume_continues_the_loss_exactly(stage, demo_shards, tmp_path):
     open_clip.add_model_config(str(REPO / "pretrain" / "model_configs"))
     weights = consolidated_state_dict(full)
     assert (full / "checkpoints" / "step_00000006" / COMPLETE).is_file()
+    # No unpickling recovery scripts left beside the checkpoints (DeepSpeed copies them on save).
+    assert not list(full.rglob("zero_to_*.py"))
     assert config["model_name"] == "clip-tiny"
     for file in ("model.safetensors", "model.pt"):
         model, _, _ = open_clip.create_model_and_transforms("clip-tiny", pretrained=str(full / "export" / file))
