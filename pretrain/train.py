@@ -39,7 +39,7 @@ class TrainingError(RuntimeError):
 class StepCounters:
     consecutive_nonfinite: int = 0
     data_wait_s: float = 0.0
-    parts: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # last micro-batch's, detached
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -115,12 +115,13 @@ def train_step(engine, batches: Iterator[dict], cfg: TrainConfig, dist: DistCont
         engine.backward(loss)
         engine.step()
         for name, value in {"loss": loss, **parts}.items():
-            counters.parts[name] = float(value.detach())
+            counters.parts[name] = value.detach()  # read back once per step, below
     state.step = engine.global_steps
+    parts = {name: float(value) for name, value in counters.parts.items()}  # syncs: time after it
     elapsed = time.perf_counter() - start
     global_batch = cfg.global_batch(dist.world_size)
     return {
-        **counters.parts,
+        **parts,
         "lr": float(engine.get_lr()[0]),
         "samples_per_s": global_batch / elapsed,
         "samples_per_s_per_device": global_batch / elapsed / dist.world_size,
