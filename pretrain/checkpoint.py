@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -75,7 +77,8 @@ def safe_torch_load() -> Iterator[None]:
         torch.load = original
 
 
-def _load_error(checkpoint: Path, error: Exception) -> CheckpointError:
+def _load_error(checkpoint: Path, error: Exception,
+                fix: str = "resume from an earlier step_* dir or start a new run_dir") -> CheckpointError:
     """One line for why a checkpoint could not be loaded: foreign code, another model, or corruption."""
     text = str(error)
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
@@ -92,21 +95,86 @@ def _load_error(checkpoint: Path, error: Exception) -> CheckpointError:
             "resume with the same model config or start a new run_dir"
         )
     return CheckpointError(
-        f"cannot read checkpoint {checkpoint}: {first[:200]}; the files are corrupt or incomplete: "
-        "resume from an earlier step_* dir or start a new run_dir"
+        f"cannot read checkpoint {checkpoint}: {first[:200]}; the files are corrupt or incomplete: {fix}"
     )
+
+
+def check_weights_file(path: str | Path | None) -> None:
+    """Refuses, in one line, a weights file that is not a plain state dict of tensors: a corrupt or
+    truncated file, a safetensors header that does not parse, pickled objects or tensor subclasses
+    (weights_only refuses their classes). Reads only headers and the pickle (tensors are mmapped)."""
+    if path is None:
+        return
+    path = Path(path)
+    fix = "give an open_clip checkpoint (a .pt state dict or .safetensors) or model.pretrained=null"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+            return
+        if path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as archive:
+                archive.files
+            return
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            loaded = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as error:  # noqa: BLE001 - any parse/unpickling failure becomes one line
+        raise _load_error(path, error, fix) from None
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+    if not isinstance(state, dict) or not all(torch.is_tensor(value) for value in state.values()):
+        raise CheckpointError(f"{path} holds a {type(state).__name__} with non-tensor entries, not a state dict "
+                              f"of tensors; {fix}")
 
 
 # --- locating checkpoints -------------------------------------------------------------------------
 
 
+_TAG = re.compile(r"^step_\d{8}$")
+SUPERSEDED = "superseded"
+
+
 def latest_tag(checkpoints_dir: Path) -> str | None:
-    """Tag named by `latest` if that checkpoint is complete, else None."""
+    """Tag named by `latest` if it is a step_* dir of `checkpoints_dir` and complete, else None
+    (a `latest` naming a path elsewhere never resolves outside the run directory)."""
     latest_file = checkpoints_dir / LATEST
     if not latest_file.is_file():
         return None
-    tag = latest_file.read_text().strip()
-    return tag if (checkpoints_dir / tag / COMPLETE).is_file() else None
+    tag = latest_file.read_text(errors="replace").strip()
+    return tag if _TAG.match(tag) and (checkpoints_dir / tag / COMPLETE).is_file() else None
+
+
+def complete_tags(checkpoints_dir: Path) -> list[str]:
+    """Tags of the complete step_* checkpoints, oldest first."""
+    return sorted(p.name for p in checkpoints_dir.glob("step_*") if _TAG.match(p.name) and (p / COMPLETE).is_file())
+
+
+def resume_tag(checkpoints_dir: Path) -> str | None:
+    """The checkpoint `--resume auto` continues from: `latest`, checked strictly.
+
+    None only when there is nothing to resume. A `latest` that names no complete step_* dir
+    (edited, or pointing elsewhere) is refused: starting from scratch beside it would silently
+    drop the run's progress. With complete checkpoints but no `latest` (a kill between COMPLETE and
+    the rename of `latest`), the newest complete one is used.
+    """
+    latest_file = checkpoints_dir / LATEST
+    complete = complete_tags(checkpoints_dir)
+    if not latest_file.is_file():
+        return complete[-1] if complete else None
+    tag = latest_file.read_text(errors="replace").strip()
+    if latest_tag(checkpoints_dir) == tag:
+        return tag
+    what = "is not a step_NNNNNNNN tag in this directory" if not _TAG.match(tag) else "has no complete checkpoint dir"
+    fix = (f"pass checkpoint.resume={checkpoints_dir / complete[-1]} (the newest complete one)" if complete
+           else "remove it to start from scratch")
+    raise CheckpointError(f"{latest_file} names {tag[:80]!r}, which {what}; {fix}")
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
@@ -118,11 +186,7 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
         return path
     for candidate in (path / "checkpoints", path):
         if (candidate / LATEST).is_file():
-            tag = latest_tag(candidate)
-            if tag is None:
-                raise CheckpointError(
-                    f"{candidate / LATEST} names an incomplete checkpoint; pass a complete step_* dir"
-                )
+            tag = resume_tag(candidate)
             return candidate / tag
     if path.is_dir() and any(path.glob("*model_states.pt")):
         raise CheckpointError(f"{path} has no {COMPLETE} marker: it was interrupted while saving")
@@ -200,17 +264,23 @@ class Checkpointer:
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
         self.dist = dist
+        self.resumed_tag: str | None = None  # set by load(): saving that step again would change nothing
 
     def latest(self) -> Path | None:
-        tag = latest_tag(self.dir)
+        """The checkpoint `--resume auto` continues from (None: nothing saved yet); raises
+        CheckpointError when `latest` names something that is not a complete checkpoint here."""
+        tag = resume_tag(self.dir)
         return self.dir / tag if tag else None
 
     def save(self, engine, step: int, client_state: dict[str, Any], files: dict[str, str]) -> Path:
         """Saves step `step`; `files` (name -> text) are written into the checkpoint dir by rank 0."""
         tag = tag_for_step(step)
         target = self.dir / tag
-        if latest_tag(self.dir) == tag:
-            return target  # already saved (e.g. preempted right after a resume): never rewrite latest
+        if tag == self.resumed_tag:
+            return target  # resumed at this step and took none since (e.g. preempted at once): identical
+        if self.dist.is_main and target.exists():
+            self._move_aside(target)  # written by another run or timeline: never mix files into it
+        barrier()
         error: Exception | None = None
         try:
             engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
@@ -238,8 +308,27 @@ class Checkpointer:
         barrier()
         return target
 
+    def _move_aside(self, target: Path) -> None:
+        """A complete checkpoint already at this step came from another run in this run dir (a resume
+        from an older step, or resume=none): keep it under checkpoints/superseded/ instead of
+        skipping this save or overwriting it in place. A partial one is debris of a killed save."""
+        if not (target / COMPLETE).is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            return
+        if latest_tag(self.dir) == target.name:
+            # Until the new save completes, `latest` must name a complete checkpoint: the newest other one.
+            others = [tag for tag in complete_tags(self.dir) if tag != target.name]
+            if others:
+                _atomic(self.dir / LATEST, lambda tmp: tmp.write_text(others[-1]))
+            else:
+                (self.dir / LATEST).unlink()
+        aside = self.dir / SUPERSEDED / f"{target.name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(target, aside)
+        print(f"warning: {target} came from an earlier run in this run_dir; moved to {aside}", flush=True)
+
     def _prune(self, keep: str) -> None:
-        complete = sorted(p for p in self.dir.glob("step_*") if (p / COMPLETE).is_file())
+        complete = [self.dir / tag for tag in complete_tags(self.dir)]
         for old in complete[: -self.keep_last]:
             if old.name != keep:
                 shutil.rmtree(old, ignore_errors=True)
@@ -259,4 +348,6 @@ class Checkpointer:
             raise _load_error(checkpoint_dir, error) from None
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load {checkpoint_dir}; is it complete?")
+        if checkpoint_dir.parent.resolve() == self.dir.resolve():
+            self.resumed_tag = checkpoint_dir.name
         return client_state

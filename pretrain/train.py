@@ -13,33 +13,25 @@ import argparse
 import resource
 import signal
 import sys
-import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from data.device import DeviceBatches
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, TrainConfig, dump_config, load_config
-from pretrain.losses import compute_objective
 from pretrain.distributed import DistContext, any_true, gather_objects, init_distributed, shutdown
 from pretrain.setup import build_everything, evaluate, open_clip_config_json, prepare_run_dir
 from pretrain.state import TrainState, rng_state, seed_everything, set_rng_state
+from pretrain.step import StepMetrics, train_step
 from pretrain.tracking import Tracker
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message is one line naming the cause and the fix."""
-
-
-@dataclass
-class StepCounters:
-    consecutive_nonfinite: int = 0
-    data_wait_s: float = 0.0
-    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # last micro-batch's, detached
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -48,35 +40,41 @@ class StepCounters:
 def train(cfg: TrainConfig, dist: DistContext) -> dict[str, Any]:
     """Trains until the sample budget is spent or a preemption signal arrives; returns the last metrics."""
     run_dir = prepare_run_dir(cfg, dist)
-    seed_everything(cfg.seed)  # same init on every rank (DeepSpeed also broadcasts rank 0's weights)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     parts = build_everything(cfg, dist)
-    engine, loader, checkpointer = parts.engine, parts.loader, parts.checkpointer
+    seed_everything(cfg.seed + dist.rank)  # dropout / patch-dropout masks differ across ranks
+    engine, checkpointer = parts.engine, parts.checkpointer
     state = TrainState()
     resume_from = resolve_resume(cfg, checkpointer)
     if resume_from is not None:
-        restore(engine, loader, state, checkpointer, resume_from, cfg, dist)
+        restore(engine, parts.loader, state, checkpointer, resume_from, cfg, dist)
+    batches = DeviceBatches(parts.loader, dist.device, parts.normalize)  # resumes where the loader stands
     total_steps = cfg.total_steps(dist.world_size)
     tracker = Tracker(run_dir, cfg, dist.is_main, total_steps, state.step)
     tracker.message(describe_run(cfg, dist, total_steps, resume_from))
-    metrics: dict[str, Any] = {}
-    batches = iter(loader)
+    interval, metrics = StepMetrics(dist.device), {}
     with preemption_signals() as preempted:
         while state.step < total_steps:
-            metrics = train_step(engine, batches, cfg, dist, state)
-            metrics["skipped_samples"] = sum(loader.skipped.values())
-            if state.step % cfg.logging.every_steps == 0 or state.step == total_steps:
-                tracker.log(state.step, metrics)
+            rank_samples = train_step(engine, parts.optimizer, batches, cfg, dist.rank, dist.world_size, interval)
+            state.samples_seen += rank_samples * dist.world_size
+            state.step = engine.global_steps
+            save_due = (bool(cfg.checkpoint.every_steps) and state.step % cfg.checkpoint.every_steps == 0
+                        and state.step < total_steps)  # the final save follows the loop
+            if not (save_due or state.step % cfg.logging.every_steps == 0 or state.step == total_steps):
+                continue  # no host read between logging intervals: the host runs ahead of the device
+            metrics = read_interval(interval, engine, parts.loader, cfg, dist, state)
+            tracker.log(state.step, metrics)
             tracker.progress(state.step, metrics)
             stop = any_true(preempted(), dist.device)
-            if stop or (cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0):
-                save(engine, loader, state, checkpointer, cfg, dist)
+            if stop or save_due:
+                save(engine, batches, state, checkpointer, cfg, dist)
             if stop:
                 tracker.message(f"preemption signal: saved step {state.step} to {checkpointer.latest()}; exiting")
                 tracker.close()
                 return metrics
             if cfg.eval.suite and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
                 tracker.log(state.step, evaluate(engine, parts, cfg, dist, state.step))
-    final = save(engine, loader, state, checkpointer, cfg, dist)
+    final = save(engine, batches, state, checkpointer, cfg, dist)
     if cfg.checkpoint.export and dist.is_main:
         tracker.message(f"exported open_clip weights to {ckpt.export(final, run_dir / 'export')}")
     if cfg.eval.suite:
@@ -86,48 +84,30 @@ def train(cfg: TrainConfig, dist: DistContext) -> dict[str, Any]:
     return metrics
 
 
-def train_step(engine, batches: Iterator[dict], cfg: TrainConfig, dist: DistContext, state: TrainState) -> dict[str, Any]:
-    """Feeds micro-batches until DeepSpeed has taken one optimizer step; returns step metrics."""
-    counters = StepCounters()
-    start, first_step = time.perf_counter(), engine.global_steps
-    while engine.global_steps == first_step:
-        fetch = time.perf_counter()
-        batch = next(batches)
-        counters.data_wait_s += time.perf_counter() - fetch
-        batch = {k: v.to(dist.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        state.samples_seen += batch["images"].shape[0] * dist.world_size
-        outputs = engine(
-            images=batch["images"], texts=batch["texts"],
-            mlm_input_ids=batch.get("mlm_input_ids"), mlm_labels=batch.get("mlm_labels"),
+def read_interval(interval: StepMetrics, engine, loader, cfg: TrainConfig, dist: DistContext,
+                  state: TrainState) -> dict[str, Any]:
+    """The one host read of a logging interval: metrics to log; stops a run whose updates have
+    been skipped `max_nonfinite_steps` times in a row (every rank sees the same skips)."""
+    values = interval.read()
+    state.nonfinite_steps += values["skipped_steps"]
+    if values["worst_skip_streak"] >= cfg.max_nonfinite_steps:
+        raise TrainingError(
+            f"{values['worst_skip_streak']} consecutive non-finite losses or gradients (updates skipped) "
+            f"by step {state.step}; lower optim.lr, use precision=fp32/bf16, or check the data; "
+            "the last checkpoint is intact"
         )
-        loss, parts = compute_objective(outputs, batch, cfg.loss, dist.rank, dist.world_size)
-        # Every rank must agree, or ranks would disagree on whether to run the gradient all-reduce.
-        if any_true(not bool(torch.isfinite(loss)), dist.device):
-            state.nonfinite_steps += 1
-            counters.consecutive_nonfinite += 1
-            if counters.consecutive_nonfinite >= cfg.max_nonfinite_steps:
-                raise TrainingError(
-                    f"{counters.consecutive_nonfinite} consecutive non-finite losses at step {state.step + 1}; "
-                    "lower optim.lr, use precision=fp32/bf16, or check the data; the last checkpoint is intact"
-                )
-            continue
-        counters.consecutive_nonfinite = 0
-        engine.backward(loss)
-        engine.step()
-        for name, value in {"loss": loss, **parts}.items():
-            counters.parts[name] = value.detach()  # read back once per step, below
-    state.step = engine.global_steps
-    parts = {name: float(value) for name, value in counters.parts.items()}  # syncs: time after it
-    elapsed = time.perf_counter() - start
-    global_batch = cfg.global_batch(dist.world_size)
+    global_batch, seconds = cfg.global_batch(dist.world_size), max(values["interval_s"], 1e-9)
+    parts = {name: values[name] for name in ("loss", "contrastive", "mlm", "mlm_accuracy", "temperature", "logit_bias")
+             if name in values}
     return {
         **parts,
         "lr": float(engine.get_lr()[0]),
-        "samples_per_s": global_batch / elapsed,
-        "samples_per_s_per_device": global_batch / elapsed / dist.world_size,
-        "data_wait": counters.data_wait_s / elapsed,
+        "samples_per_s": global_batch * values["interval_steps"] / seconds,
+        "samples_per_s_per_device": global_batch * values["interval_steps"] / seconds / dist.world_size,
+        "data_wait": values["data_wait_s"] / seconds,
         "samples_seen": state.samples_seen,
         "nonfinite_steps": state.nonfinite_steps,
+        "skipped_samples": sum(loader.skipped.values()),
         "peak_memory_mb": peak_memory_mb(dist.device),
     }
 
@@ -159,6 +139,11 @@ def save(engine, loader, state: TrainState, checkpointer: ckpt.Checkpointer, cfg
 def resolve_resume(cfg: TrainConfig, checkpointer: ckpt.Checkpointer) -> Path | None:
     resume = cfg.checkpoint.resume
     if resume == "none":
+        existing = ckpt.complete_tags(checkpointer.dir)
+        if existing and checkpointer.dist.is_main:
+            print(f"warning: {checkpointer.dir} holds checkpoints up to {existing[-1]} but checkpoint.resume=none: "
+                  "training from scratch (pass --resume auto to continue them); each is moved to "
+                  f"{ckpt.SUPERSEDED}/ when this run saves the same step", file=sys.stderr, flush=True)
         return None
     if resume == "auto":
         return checkpointer.latest()  # None on a fresh run: start from scratch
@@ -194,6 +179,11 @@ def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Pat
     mine = client["ranks"][dist.rank]
     loader.load_state_dict(mine["loader"])
     set_rng_state(mine["rng"])
+    newer = [tag for tag in ckpt.complete_tags(checkpointer.dir) if tag > ckpt.tag_for_step(state.step)]
+    if newer and dist.is_main:
+        print(f"warning: resuming from step {state.step} while {checkpointer.dir} holds newer checkpoints "
+              f"({', '.join(newer)}); each is moved to {ckpt.SUPERSEDED}/ when this run saves the same step",
+              file=sys.stderr, flush=True)
 
 
 def describe_run(cfg: TrainConfig, dist: DistContext, total_steps: int, resume_from: Path | None) -> str:
@@ -207,15 +197,27 @@ def describe_run(cfg: TrainConfig, dist: DistContext, total_steps: int, resume_f
     return "\n".join(lines)
 
 
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+_received: list[int] = []  # signals seen by this process since main() started
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if signum == signal.SIGINT and signal.SIGINT in _received:
+        raise KeyboardInterrupt  # Ctrl-C twice: the user does not want to wait for the checkpoint
+    _received.append(signum)
+
+
 @contextmanager
 def preemption_signals():
-    """SIGTERM / SIGUSR1 (SLURM preemption) ask the loop to checkpoint and exit 0 after this step."""
-    received: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    """SIGTERM / SIGUSR1 (SLURM preemption) and SIGINT (Ctrl-C, also as forwarded by torchrun) ask
+    the loop to checkpoint and exit 0 after this step. main() holds these handlers for the whole run,
+    so a signal during start-up or the final save/export is kept until the loop or the end sees it
+    instead of killing a save half-way; a second SIGINT still interrupts at once."""
+    previous = {sig: signal.getsignal(sig) for sig in PREEMPTION_SIGNALS}
     for sig in previous:
-        signal.signal(sig, lambda signum, frame: received.append(signum))
+        signal.signal(sig, _on_signal)
     try:
-        yield lambda: bool(received)
+        yield lambda: bool(_received)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -243,14 +245,28 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    dist = init_distributed()
     try:
-        train(cfg, dist)
-    except (TrainingError, ckpt.CheckpointError, ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: [rank {dist.rank}] {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
-    finally:
-        shutdown()
+        if cfg.model.pretrained is not None:
+            from pretrain.model import resolve_pretrained
+
+            ckpt.check_weights_file(resolve_pretrained(cfg.model.name, cfg.model.pretrained)[0])
+    except (ckpt.CheckpointError, ValueError) as error:
+        print(f"error: model.pretrained: {error}", file=sys.stderr)
+        return 2
+    _received.clear()
+    with preemption_signals():
+        dist = init_distributed()
+        try:
+            train(cfg, dist)
+        except (TrainingError, ckpt.CheckpointError, ConfigError, ValueError, FileNotFoundError) as error:
+            print(f"error: [rank {dist.rank}] {str(error).splitlines()[0]}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"error: [rank {dist.rank}] interrupted twice: stopped without saving; the last complete "
+                  f"checkpoint in {cfg.run_dir}/checkpoints is intact (resume with --resume auto)", file=sys.stderr)
+            return 130
+        finally:
+            shutdown()
     return 0
 
 
