@@ -4,6 +4,8 @@ injected into DeepSpeed's engine, chosen by environment variables (none set: pla
   FAULT_STEP_SLEEP=S           sleep S seconds after every optimizer step (opens a kill window)
   FAULT_SAVE_SLEEP_TAG=TAG     after DeepSpeed wrote checkpoint TAG (before COMPLETE/latest), touch
                                RUN/checkpoints/IN_SAVE_WINDOW and sleep, so a test can kill -9 there
+  FAULT_SAVE_PAUSE_TAG=TAG     like FAULT_SAVE_SLEEP_TAG but the save then goes on after
+                               FAULT_SAVE_PAUSE_S seconds (default 8): a window for a signal mid-save
   FAULT_SAVE_ENOSPC_TAG=TAG    after DeepSpeed wrote checkpoint TAG, raise OSError(ENOSPC) as a
                                full disk would part-way through a save
 
@@ -25,6 +27,7 @@ def install() -> None:
     step_sleep = float(os.environ.get("FAULT_STEP_SLEEP", "0"))
     sleep_tag = os.environ.get("FAULT_SAVE_SLEEP_TAG")
     enospc_tag = os.environ.get("FAULT_SAVE_ENOSPC_TAG")
+    pause_tag, pause_s = os.environ.get("FAULT_SAVE_PAUSE_TAG"), float(os.environ.get("FAULT_SAVE_PAUSE_S", "8"))
     original_step, original_save = DeepSpeedEngine.step, DeepSpeedEngine.save_checkpoint
 
     def step(self, *args, **kwargs):
@@ -38,6 +41,9 @@ def install() -> None:
         if tag == sleep_tag:
             (Path(save_dir) / "IN_SAVE_WINDOW").write_text(tag)
             time.sleep(600)
+        if tag == pause_tag:
+            (Path(save_dir) / "IN_SAVE_WINDOW").write_text(tag)
+            time.sleep(pause_s)  # a handled signal interrupts the sleep only for its handler (PEP 475)
         if tag == enospc_tag:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(save_dir) / tag))
         return result
