@@ -1,34 +1,55 @@
-"""Shared CLI plumbing: checkpoint arguments, one-line errors with exit status 2, JSON output."""
+"""Shared CLI plumbing: checkpoint and speed arguments, torchrun setup, one-line errors (exit 2)."""
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
-from pathlib import Path
 from typing import Callable
 
+import torch
+
 from eval.checkpoints import LoadedModel, load_checkpoint
+from eval.distributed import Ranks, init_from_env
+from eval.results import write_json  # noqa: F401  (re-exported for the CLIs)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="run dir, checkpoints/<tag> dir, export dir, or a .pt/.safetensors file")
     parser.add_argument("--model", default=None, help="open_clip config name (when no open_clip_config.json)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
+    parser.add_argument("--device", default=default_device(),
+                        help="cuda (default when CUDA is present; under torchrun cuda:LOCAL_RANK), cpu, cuda:1, ...")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16 = autocast around the towers; similarities stay fp32")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="DataLoader worker processes decoding images (0: in the main process)")
+
+
+def setup_ranks(args: argparse.Namespace) -> Ranks:
+    """Start the process group under torchrun and give each rank its own GPU."""
+    ranks = init_from_env(args.device)
+    if args.device == "cuda" and ranks.world_size > 1:
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return ranks
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers: must be >= 0, got {args.workers}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     return load_checkpoint(args.checkpoint, model_name=args.model, device=args.device, precision=args.precision)
-
-
-def write_json(path: str | Path, payload: object) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:

@@ -1,10 +1,14 @@
-"""Evaluation datasets as streams of image records, and batching with counted skips.
+"""Evaluation datasets as streams of image records (decoding happens later, in eval.features).
 
 Classification sources: an ImageFolder directory, a CSV of `path,label`, webdataset shards with
-a `cls` key. Retrieval sources: JSONL `{"image", "captions"}` (or a folder holding
-captions.jsonl), a COCO captions annotations JSON, webdataset shards whose json has "captions".
-Shard specs follow the project contract: `DIR` (manifest.json; `DIR::val` picks the split,
-default train), a brace pattern, a single .tar, `pipe:CMD`, or a list of these.
+a `cls` key (ours, or CLIP_benchmark's layout, see eval.benchmark_wds). Retrieval sources: JSONL
+`{"image", "captions"}` (or a folder holding captions.jsonl), a COCO-API captions JSON (MSCOCO
+Karpathy 5k test `coco_test_karpathy.json`, `captions_val2017.json`), a Flickr30k Karpathy
+`.txt` (header, then `<image>.jpg,<caption>` lines), webdataset shards whose json has "captions"
+or whose txt holds one caption per line. Shard specs follow the project contract: `DIR`
+(manifest.json; `DIR::val` picks the split), a brace pattern, a single .tar, `pipe:CMD`, or a list.
+A directory with several splits and none named evaluates val (CLIP_benchmark layout: test) and
+says so in `EvalDataset.split_note`.
 """
 from __future__ import annotations
 
@@ -12,21 +16,21 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import torch
 from PIL import Image
-from tqdm import tqdm
+
+from eval import benchmark_wds
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-DEFAULT_SPLIT = "train"  # the contract's default for a manifest dir without ::split
+SPLIT_PREFERENCE = ("val", "test")  # when a source has several splits and none is named
 SOURCE_HELP = ("an ImageFolder dir, a .csv of path,label, webdataset shards (DIR with manifest.json"
                "[::split], a .tar, a {000000..000009} pattern, pipe:CMD)")
-RETRIEVAL_HELP = ("a captions .jsonl (or a dir holding captions.jsonl), a COCO captions .json, "
-                  "or webdataset shards (DIR with manifest.json[::split], .tar, brace pattern)")
+RETRIEVAL_HELP = ("a captions .jsonl (or a dir holding captions.jsonl), a COCO captions .json, a Flickr30k "
+                  "Karpathy .txt, or webdataset shards (DIR with manifest.json or <split>/nshards.txt, .tar, "
+                  "brace pattern)")
 
 
 @dataclass
@@ -46,6 +50,9 @@ class EvalDataset:
     name: str
     records: Iterable[ImageRecord]
     classnames: list[str] | None = None
+    split: str | None = None  # the split read, for sources that have splits
+    split_note: str = ""  # set when the split was chosen by default, for the output
+    templates: list[str] | None = None  # zero-shot templates shipped with the data (CLIP_benchmark layout)
 
 
 def open_file(path: Path) -> Callable[[], Image.Image]:
@@ -61,37 +68,71 @@ def open_bytes(data: bytes) -> Callable[[], Image.Image]:
 def is_shard_spec(spec: str) -> bool:
     path = Path(spec.split("::")[0])
     return ("::" in spec or spec.endswith(".tar") or "{" in spec or spec.startswith("pipe:")
-            or (path / "manifest.json").is_file())
+            or (path / "manifest.json").is_file() or benchmark_wds.is_layout(path))
 
 
-def manifest_urls(folder: Path, split: str) -> list[str]:
+def pick_split(available: list[str], named: str | None, where: str) -> tuple[str, str]:
+    """The split to read and, when it was chosen by default, a note saying so (else "")."""
+    if named is not None:
+        if named not in available:
+            raise ValueError(f"{where}: no split {named!r}; it has {', '.join(available) or 'none'}: "
+                             f"name one of those with DIR::SPLIT or --split")
+        return named, ""
+    if len(available) == 1:
+        return available[0], ""
+    chosen = next((name for name in SPLIT_PREFERENCE if name in available), None)
+    if chosen is None:
+        raise ValueError(f"{where}: has splits {', '.join(available)} and none was named; "
+                         f"pick one with DIR::SPLIT or --split")
+    return chosen, (f"{where} has splits {', '.join(available)} and none was named: evaluating "
+                    f"{chosen!r} (name one with DIR::SPLIT or --split)")
+
+
+@dataclass
+class ShardSource:
+    urls: list[str]
+    folder: Path | None = None  # where classnames live, if known
+    split: str | None = None
+    split_note: str = ""
+
+
+def manifest_source(folder: Path, split: str | None) -> ShardSource:
     manifest = json.loads((folder / "manifest.json").read_text())
-    urls = [str(folder / shard["file"]) for shard in manifest.get("shards", []) if shard.get("split") == split]
-    if not urls:
-        raise ValueError(f"{folder}/manifest.json: no shards with split {split!r}; use DIR::train or DIR::val")
-    return urls
+    shards = manifest.get("shards", [])
+    available = sorted({shard.get("split") for shard in shards if shard.get("split")})
+    chosen, note = pick_split(available, split, str(folder))
+    return ShardSource([str(folder / shard["file"]) for shard in shards if shard.get("split") == chosen],
+                       folder, chosen, note)
 
 
-def expand_shards(spec: str | list[str], split: str | None = None) -> tuple[list[str], Path | None]:
-    """Shard URLs for a spec, plus the manifest folder (where classnames.json lives) if any."""
+def expand_shards(spec: str | list[str], split: str | None = None) -> ShardSource:
+    """Shard URLs for a spec, plus the folder (class names), split read and default-split note."""
     if isinstance(spec, list):
-        expanded = [expand_shards(item, split) for item in spec]
-        return [url for urls, _ in expanded for url in urls], next((f for _, f in expanded if f), None)
+        parts = [expand_shards(item, split) for item in spec]
+        first = next((part for part in parts if part.folder), parts[0])
+        notes = "; ".join(part.split_note for part in parts if part.split_note)
+        return ShardSource([url for part in parts for url in part.urls], first.folder, first.split, notes)
     if spec.startswith("pipe:"):
-        return [spec], None
+        return ShardSource([spec])
     base, _, spec_split = spec.partition("::")
     folder = Path(base)
+    if spec_split and split and spec_split != split:
+        raise ValueError(f"dataset {spec}: names split {spec_split!r} but --split/split says {split!r}; keep one")
     if (folder / "manifest.json").is_file():
-        return manifest_urls(folder, spec_split or split or DEFAULT_SPLIT), folder
+        return manifest_source(folder, spec_split or split)
+    if benchmark_wds.is_layout(folder):
+        chosen, note = pick_split(benchmark_wds.splits(folder), spec_split or split, str(folder))
+        return ShardSource(benchmark_wds.urls(folder, chosen), folder, chosen, note)
     if folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no manifest.json; point at the shard files or a folder written by data.build")
+        raise FileNotFoundError(f"{folder}: no manifest.json and no <split>/nshards.txt; point at the shard "
+                                f"files, a folder written by data.build, or a CLIP_benchmark webdataset folder")
     from braceexpand import braceexpand
 
     urls = list(braceexpand(base))
     missing = [url for url in urls if not Path(url).is_file()]
     if missing:
         raise FileNotFoundError(f"shard not found: {missing[0]} (from {spec}); expected {SOURCE_HELP}")
-    return urls, None
+    return ShardSource(urls)
 
 
 def shard_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
@@ -115,9 +156,11 @@ def sample_json(sample: dict[str, Any]) -> dict:
 # ---------------------------------------------------------------- classification
 
 def read_shard_classnames(folder: Path | None) -> list[str] | None:
-    if folder is None or not (folder / "classnames.json").is_file():
+    if folder is None:
         return None
-    return json.loads((folder / "classnames.json").read_text())
+    if (folder / "classnames.json").is_file():
+        return json.loads((folder / "classnames.json").read_text())
+    return benchmark_wds.classnames(folder)
 
 
 def shard_classification_records(urls: list[str], classnames: list[str], spec: str) -> Iterator[ImageRecord]:
@@ -203,16 +246,20 @@ def load_classification(spec: str | list[str], classnames: list[str] | None = No
                         split: str | None = None) -> EvalDataset:
     """Open a labelled image source; class names come from `classnames` or the source itself."""
     if isinstance(spec, list) or is_shard_spec(spec):
-        urls, folder = expand_shards(spec, split)
-        found = read_shard_classnames(folder)
+        source = expand_shards(spec, split)
+        found = read_shard_classnames(source.folder)
         if classnames is None and found is None:
-            raise ValueError(f"dataset {spec}: no classnames.json beside the shards; pass --classnames")
+            raise ValueError(f"dataset {spec}: no classnames.json or classnames.txt beside the shards; pass --classnames")
         if classnames is not None and found is not None and len(classnames) != len(found):
-            raise ValueError(f"--classnames has {len(classnames)} names but {folder}/classnames.json has "
+            raise ValueError(f"--classnames has {len(classnames)} names but {source.folder} has "
                              f"{len(found)}; drop --classnames or fix the file")
         names = classnames or found
-        return EvalDataset(name=str(spec), records=_Restartable(lambda: shard_classification_records(urls, names, str(spec))),
-                           classnames=names)
+        records = _Restartable(lambda: shard_classification_records(source.urls, names, str(spec)))
+        return EvalDataset(name=str(spec), records=records, classnames=names, split=source.split,
+                           split_note=source.split_note, templates=benchmark_wds.templates(source.folder))
+    if split is not None:
+        raise ValueError(f"dataset {spec}: has no splits (split {split!r} given); drop split/--split "
+                         f"or point at shards")
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {spec}; expected {SOURCE_HELP}")
@@ -249,6 +296,7 @@ def jsonl_records(path: Path) -> list[ImageRecord]:
 
 
 def coco_records(path: Path, image_root: Path) -> list[ImageRecord]:
+    """COCO-API captions JSON: every caption of every image (25,010 for the Karpathy 5k test)."""
     annotations = json.loads(path.read_text())
     if not isinstance(annotations, dict) or "images" not in annotations or "annotations" not in annotations:
         raise ValueError(f"{path}: not a COCO captions file (needs \"images\" and \"annotations\")")
@@ -262,84 +310,59 @@ def coco_records(path: Path, image_root: Path) -> list[ImageRecord]:
     ]
 
 
+def flickr_records(path: Path, image_root: Path) -> list[ImageRecord]:
+    """Flickr30k Karpathy .txt as CLIP_benchmark reads it: skip the header, split each line on `.jpg,`."""
+    captions: dict[str, list[str]] = {}
+    lines = path.read_text().splitlines()[1:]
+    for number, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue
+        image, separator, caption = line.strip().partition(".jpg,")
+        if not separator or not caption.strip():
+            raise ValueError(f"{path} line {number}: expected <image>.jpg,<caption>, got {line[:60]!r}")
+        captions.setdefault(image + ".jpg", []).append(caption)
+    return [ImageRecord(key=name, load=open_file(image_root / name), captions=texts)
+            for name, texts in captions.items()]
+
+
+def check_image_root(records: list[ImageRecord], image_root: Path, spec: str) -> None:
+    """A wrong image root would make every image unreadable; say so up front instead."""
+    if records and not (image_root / records[0].key).is_file():
+        raise FileNotFoundError(f"image not found: {image_root / records[0].key} (first image of {spec}); "
+                                f"pass --image-root / image_root: the folder the file names are relative to")
+
+
 def shard_caption_records(urls: list[str]) -> Iterator[ImageRecord]:
     for sample in shard_samples(urls):
         key = sample.get("__key__", "?")
         meta = sample_json(sample)
-        captions = meta.get("captions") or ([sample["txt"].decode()] if "txt" in sample else [])
+        # Our shards keep every caption in json["captions"]; CLIP_benchmark's put one per txt line.
+        captions = meta.get("captions") or (sample["txt"].decode().splitlines() if "txt" in sample else [])
         data = sample_image_bytes(sample)
         load = open_bytes(data) if data is not None else _missing_image(key)
-        yield ImageRecord(key=key, load=load, captions=[str(caption) for caption in captions])
+        yield ImageRecord(key=key, load=load, captions=[str(c).strip() for c in captions if str(c).strip()])
 
 
 def load_retrieval(spec: str | list[str], split: str | None = None, image_root: str | None = None) -> EvalDataset:
     """Open an image-captions source (several captions per image)."""
     if isinstance(spec, list) or is_shard_spec(spec):
-        urls, _ = expand_shards(spec, split)
-        return EvalDataset(name=str(spec), records=_Restartable(lambda: shard_caption_records(urls)))
+        source = expand_shards(spec, split)
+        return EvalDataset(name=str(spec), records=_Restartable(lambda: shard_caption_records(source.urls)),
+                           split=source.split, split_note=source.split_note)
+    if split is not None:
+        raise ValueError(f"dataset {spec}: has no splits (split {split!r} given); drop split/--split "
+                         f"or point at shards")
     path = Path(spec)
     if path.is_dir() and (path / "captions.jsonl").is_file():
         path = path / "captions.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {spec}; expected {RETRIEVAL_HELP}")
+    root = Path(image_root) if image_root else path.parent
     if path.suffix == ".jsonl":
         return EvalDataset(name=str(spec), records=jsonl_records(path))
-    if path.suffix == ".json":
-        return EvalDataset(name=str(spec), records=coco_records(path, Path(image_root) if image_root else path.parent))
-    raise ValueError(f"dataset {spec}: unknown kind; expected {RETRIEVAL_HELP}")
-
-
-# ---------------------------------------------------------------- batching
-
-class ImageBatches:
-    """Preprocessed batches ([B, 3, H, W], records); unreadable images are skipped and counted.
-
-    After iteration `seen` is the number of records read and `skipped` the unreadable ones.
-    """
-
-    def __init__(self, records: Iterable[ImageRecord], preprocess: Callable[[Image.Image], torch.Tensor],
-                 batch_size: int, *, max_samples: int | None = None, desc: str = "images",
-                 progress: bool = True) -> None:
-        self.records = records
-        self.preprocess = preprocess
-        self.batch_size = batch_size
-        self.max_samples = max_samples
-        self.desc = desc
-        self.progress = progress
-        self.seen = 0
-        self.skipped = 0
-
-    def _decoded(self) -> Iterator[tuple[torch.Tensor, ImageRecord]]:
-        records = islice(self.records, self.max_samples) if self.max_samples else self.records
-        total = len(self.records) if hasattr(self.records, "__len__") else None
-        if total is not None and self.max_samples:
-            total = min(total, self.max_samples)
-        for record in tqdm(records, total=total, desc=self.desc, unit="img", disable=not self.progress):
-            self.seen += 1
-            try:
-                image = self.preprocess(record.load())
-            except (OSError, ValueError, SyntaxError):
-                # PIL raises these for truncated/corrupt files; the count goes into the result.
-                self.skipped += 1
-                continue
-            yield image, record
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[ImageRecord]]]:
-        self.seen = self.skipped = 0
-        images: list[torch.Tensor] = []
-        records: list[ImageRecord] = []
-        for image, record in self._decoded():
-            images.append(image)
-            records.append(record)
-            if len(images) == self.batch_size:
-                yield torch.stack(images), records
-                images, records = [], []
-        if images:
-            yield torch.stack(images), records
-
-    def check_nonempty(self, name: str) -> None:
-        """Raise when nothing (readable) was found, so no metric is computed over zero samples."""
-        if self.seen == 0:
-            raise ValueError(f"dataset {name} is empty; check the path and split")
-        if self.seen == self.skipped:
-            raise ValueError(f"dataset {name}: all {self.seen} images were unreadable")
+    readers = {".json": coco_records, ".txt": flickr_records}
+    if path.suffix not in readers:
+        raise ValueError(f"dataset {spec}: unknown kind; expected {RETRIEVAL_HELP}")
+    records = readers[path.suffix](path, root)
+    check_image_root(records, root, spec)
+    return EvalDataset(name=str(spec), records=records)

@@ -2,28 +2,28 @@
 
     tasks:
       - name: cifar10            # unique, used as the record's "dataset"
-        task: zeroshot           # zeroshot | retrieval
+        task: zeroshot_classification   # any module in eval/tasks/ (aliases: zeroshot, retrieval)
         data: ../shared/data/cifar10-test-2k
-        classnames: cifar10      # zeroshot only: built-in name, .txt/.json file, or inline list
-        templates: cifar10       # zeroshot only: built-in name, .txt/.json file, or inline list
-        split: val               # shard dirs only (train | val)
-        image_root: DIR          # retrieval on a COCO .json only
+        split: val               # sources with splits only (shard dirs, CLIP_benchmark layout)
         max_samples: 500         # first N images only
+        language: en             # CLIP_benchmark's field; recorded, prompts are not translated
+        classnames: cifar10      # task options: each task module lists its own in OPTIONS
+        templates: cifar10
 
 Relative paths (data, classnames/templates files, image_root) are resolved against the current
 working directory, which is the repository root for every documented command.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-TASK_KINDS = ("zeroshot", "retrieval")
-SPLITS = ("train", "val")
-ALLOWED_KEYS = {"name", "task", "data", "classnames", "templates", "split", "image_root", "max_samples"}
+from eval import tasks as registry
+
+COMMON_KEYS = {"name", "task", "data", "split", "max_samples", "language"}
 
 
 @dataclass
@@ -33,29 +33,30 @@ class TaskSpec:
     name: str
     task: str
     data: str | list[str]
-    classnames: str | list[str] | None = None
-    templates: str | list[str] | None = None
     split: str | None = None
-    image_root: str | None = None
     max_samples: int | None = None
+    language: str = "en"
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("name: must be a non-empty string; name every task")
-        if self.task not in TASK_KINDS:
-            raise ValueError(f"task: {self.task!r} is unknown; use one of {', '.join(TASK_KINDS)}")
+        self.task = registry.canonical(self.task)
         if not isinstance(self.data, (str, list)) or not self.data:
             raise ValueError("data: missing or empty; give a dataset path or shard spec")
-        if self.split is not None and self.split not in SPLITS:
-            raise ValueError(f"split: {self.split!r} is unknown; use one of {', '.join(SPLITS)}")
-        if self.task == "retrieval" and (self.classnames is not None or self.templates is not None):
-            raise ValueError("classnames: only zeroshot tasks take classnames/templates; remove them")
+        if self.split is not None and (not isinstance(self.split, str) or not self.split or "/" in self.split):
+            raise ValueError(f"split: {self.split!r} is not a split name such as val, test or train")
         if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
             raise ValueError(f"max_samples: {self.max_samples!r} is not a positive integer")
-        for key in ("classnames", "templates"):
-            value = getattr(self, key)
-            if value is not None and not isinstance(value, (str, list)):
-                raise ValueError(f"{key}: must be a name, a file path or a list of strings")
+        module = registry.get(self.task)
+        unknown = sorted(set(self.options) - set(module.OPTIONS))
+        if unknown:
+            allowed = ", ".join(sorted(COMMON_KEYS | set(module.OPTIONS)))
+            raise ValueError(f"{unknown[0]}: not an option of {self.task}; allowed: {allowed}")
+        module.check(self)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
 
 
 @dataclass
@@ -73,14 +74,13 @@ def parse_task(raw: Any, index: int, source: str) -> TaskSpec:
     if not isinstance(raw, dict):
         raise ValueError(f"{label}: must be a mapping with name, task, data")
     label = f"{label} ({raw.get('name', '?')})"
-    unknown = sorted(set(raw) - ALLOWED_KEYS)
-    if unknown:
-        raise ValueError(f"{label}.{unknown[0]}: unknown key; allowed: {', '.join(sorted(ALLOWED_KEYS))}")
     for key in ("name", "task", "data"):
         if key not in raw:
             raise ValueError(f"{label}.{key}: missing; every task needs name, task and data")
+    common = {key: value for key, value in raw.items() if key in COMMON_KEYS}
+    options = {key: value for key, value in raw.items() if key not in COMMON_KEYS}
     try:
-        return TaskSpec(**raw)
+        return TaskSpec(**common, options=options)
     except ValueError as err:
         # The dataclass names the key first; prefix where it is.
         raise ValueError(f"{label}.{err}") from None

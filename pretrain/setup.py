@@ -143,12 +143,16 @@ def open_clip_config_json(cfg: TrainConfig, model) -> str:
 
 
 def evaluate(engine, parts: RunParts, cfg: TrainConfig, dist: DistContext, step: int) -> dict[str, float]:
-    """Runs the eval suite on every rank (ZeRO-3 needs all of them in each forward); returns flat metrics."""
+    """Runs the eval suite on every rank together: images and prompts are sharded over the ranks,
+    each rank runs the same number of forwards (ZeRO-3 gathers weights inside each one), and every
+    rank gets the same metrics back. Returns them flat as eval/<task>/<metric>."""
     from eval.encoder import ForwardEncoder
+    from eval.results import dumps
     from eval.run import run_suite
 
     precision = "bf16" if cfg.precision == "bf16" else "fp32"
     encoder = ForwardEncoder(engine, parts.preprocess_val, parts.tokenizer, device=dist.device, precision=precision)
+    notes: list[str] = []
     engine.eval()
     try:
         records = run_suite(
@@ -156,17 +160,21 @@ def evaluate(engine, parts: RunParts, cfg: TrainConfig, dist: DistContext, step:
             cfg.eval.suite,
             device=str(dist.device),
             batch_size=cfg.eval.batch_size,
+            workers=cfg.data.workers,
             model=cfg.model.name,
             pretrained=f"{cfg.run_dir}@step{step}",
             model_id=f"{cfg.run_dir}@step{step}",
             progress=False,
+            notes=notes,
         )
     finally:
         engine.train()
     if dist.is_main:
+        for note in notes:
+            print(f"eval note: {note}", flush=True)
         out = Path(cfg.run_dir) / "eval" / f"step_{step:08d}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(records, indent=2))
+        out.write_text(dumps(records))
     return {
         f"eval/{record['dataset']}/{name}": float(value)
         for record in records

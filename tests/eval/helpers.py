@@ -45,3 +45,83 @@ def write_shards(folder: Path, samples: list[dict], classnames: list[str]) -> Pa
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "classnames.json").write_text(json.dumps(classnames))
     return folder
+
+
+def run_one(encoder, task: str, data, *, batch_size: int = 64, workers: int = 0, **options) -> dict:
+    """One task's record through the registry, as eval.run would produce it (no caching)."""
+    from eval.run import run_task
+    from eval.suite import COMMON_KEYS, TaskSpec
+    from eval.tasks.context import TaskContext
+
+    common = {key: options.pop(key) for key in list(options) if key in COMMON_KEYS}
+    spec = TaskSpec(name=str(data), task=task, data=data, options=options, **common)
+    return run_task(spec, TaskContext(encoder, batch_size=batch_size, workers=workers, progress=False))
+
+
+def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_benchmark_wds(folder: Path, splits: dict[str, list[dict]], *, classnames: list[str] | None = None,
+                        templates: list[str] | None = None, per_shard: int = 4) -> Path:
+    """CLIP_benchmark's layout: DIR/<split>/{0..N-1}.tar + nshards.txt, classnames.txt, templates.
+
+    Each sample: {"image": bytes, "ext": "jpg"|"webp"|..., and "cls": int or "captions": [str]}.
+    """
+    for split, samples in splits.items():
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        shards = [samples[i:i + per_shard] for i in range(0, len(samples), per_shard)] or [[]]
+        for index, shard in enumerate(shards):
+            with tarfile.open(folder / split / f"{index}.tar", "w") as tar:
+                for number, sample in enumerate(shard):
+                    key = f"s{index * per_shard + number:07d}"
+                    add_tar_member(tar, f"{key}.{sample.get('ext', 'jpg')}", sample["image"])
+                    if "cls" in sample:
+                        add_tar_member(tar, f"{key}.cls", str(sample["cls"]).encode())
+                    if "captions" in sample:
+                        add_tar_member(tar, f"{key}.txt", "\n".join(sample["captions"]).encode())
+        (folder / split / "nshards.txt").write_text(f"{len(shards)}\n")
+    if classnames is not None:
+        (folder / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    if templates is not None:
+        (folder / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    return folder
+
+
+def image_digest(image: Image.Image) -> str:
+    import hashlib
+
+    return hashlib.md5(image.convert("RGB").tobytes()).hexdigest()
+
+
+class LookupEncoder:
+    """A fake model that knows the answers: image -> one_hot(image_ids[pixels]), text -> one_hot(text_ids[text]).
+
+    With the true ids it is a perfect model; permute the ids to get a shuffled (chance) one.
+    Unknown images (e.g. lockstep padding) and texts embed to class 0.
+    """
+
+    def __init__(self, image_ids: dict[str, int], text_ids: dict[str, int], dim: int) -> None:
+        self.image_ids, self.text_ids, self.dim = image_ids, text_ids, dim
+
+    def preprocess(self, image: Image.Image):
+        import torch
+
+        return torch.tensor([self.image_ids.get(image_digest(image), 0)])
+
+    def tokenizer(self, texts: list[str]):
+        import torch
+
+        return torch.tensor([[self.text_ids.get(text, 0)] for text in texts])
+
+    def encode_image(self, images):
+        import torch
+
+        return torch.nn.functional.one_hot(images[:, 0].long(), self.dim).float()
+
+    def encode_text(self, tokens):
+        import torch
+
+        return torch.nn.functional.one_hot(tokens[:, 0].long(), self.dim).float()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from eval import retrieval
 from eval.checkpoints import load_checkpoint
-from tests.eval.helpers import write_shards
+from tests.eval.helpers import run_one, write_shards
 
 NUM_ITEMS = 12
 
@@ -42,7 +42,7 @@ def write_items(folder: Path) -> Path:
 
 
 def test_perfect_encoder_scores_one(tmp_path: Path) -> None:
-    record = retrieval.retrieval_record(PerfectEncoder(), str(write_items(tmp_path)), batch_size=5, progress=False)
+    record = run_one(PerfectEncoder(), "retrieval", str(write_items(tmp_path)), batch_size=5)
     assert record["num_samples"] == NUM_ITEMS and record["num_captions"] == 3 * NUM_ITEMS
     assert all(value == 1.0 for value in record["metrics"].values()), record["metrics"]
 
@@ -52,8 +52,8 @@ def test_coco_json_and_shards_sources(tmp_path: Path) -> None:
     images = [{"id": 100 + i, "file_name": f"{i}.png"} for i in range(NUM_ITEMS)]
     annotations = [{"image_id": 100 + i, "id": j, "caption": f"item {i} c{j}"} for i in range(NUM_ITEMS) for j in range(2)]
     (tmp_path / "captions_val.json").write_text(json.dumps({"images": images, "annotations": annotations}))
-    record = retrieval.retrieval_record(PerfectEncoder(), str(tmp_path / "captions_val.json"),
-                                        image_root=str(tmp_path / "images"), progress=False)
+    record = run_one(PerfectEncoder(), "retrieval", str(tmp_path / "captions_val.json"),
+                     image_root=str(tmp_path / "images"))
     assert record["num_captions"] == 2 * NUM_ITEMS and record["metrics"]["mean_recall"] == 1.0
 
     encoder = PerfectEncoder()
@@ -62,23 +62,25 @@ def test_coco_json_and_shards_sources(tmp_path: Path) -> None:
                for i in range(NUM_ITEMS)]
     samples.append({"key": "broken", "jpg": b"junk", "cls": 0, "captions": ["item 0 z"]})
     shards = write_shards(tmp_path / "shards", samples, ["only"])
-    record = retrieval.retrieval_record(encoder, str(shards), split="val", progress=False)
+    record = run_one(encoder, "retrieval", str(shards), split="val")
     assert record["skipped"] == 1 and record["num_captions"] == 2 * NUM_ITEMS
     assert record["metrics"]["mean_recall"] == 1.0
 
 
 def test_bad_retrieval_inputs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="dataset not found"):
-        retrieval.retrieval_record(PerfectEncoder(), str(tmp_path / "absent.jsonl"))
+        run_one(PerfectEncoder(), "retrieval", str(tmp_path / "absent.jsonl"))
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="is empty"):
-        retrieval.retrieval_record(PerfectEncoder(), str(tmp_path / "empty.jsonl"), progress=False)
+        run_one(PerfectEncoder(), "retrieval", str(tmp_path / "empty.jsonl"))
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "x.png", "captions": []}) + "\n")
     with pytest.raises(ValueError, match="line 1: needs"):
-        retrieval.retrieval_record(PerfectEncoder(), str(tmp_path / "bad.jsonl"))
-    with pytest.raises(ValueError, match="no shards with split 'train'"):
-        write_shards(tmp_path / "s", [], [])
-        retrieval.retrieval_record(PerfectEncoder(), str(tmp_path / "s") + "::train")
+        run_one(PerfectEncoder(), "retrieval", str(tmp_path / "bad.jsonl"))
+    write_shards(tmp_path / "s", [], [])
+    with pytest.raises(ValueError, match=r"no split 'train'; it has val: name one of those"):
+        run_one(PerfectEncoder(), "retrieval", str(tmp_path / "s") + "::train")
+    with pytest.raises(ValueError, match=r"has no splits \(split 'val' given\)"):
+        run_one(PerfectEncoder(), "retrieval", str(tmp_path / "bad.jsonl"), split="val")
 
 
 @pytest.mark.slow
@@ -91,11 +93,12 @@ def test_coco_mini_end_to_end_every_kind(all_kinds: dict, checkpoints: dict, sha
         argv = ["--checkpoint", checkpoint, "--data", str(data), "--out", str(out), "--max-samples", "20"]
         retrieval.main(argv + (["--model", model_name] if model_name else []))
         record = json.loads(out.read_text())
-        assert record["num_samples"] == 20 and record["num_captions"] == 100 and record["skipped"] == 0
+        assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
         assert set(record["metrics"]) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)} | {"mean_recall"}
         assert all(0.0 <= value <= 1.0 for value in record["metrics"].values())
         results.append(record["metrics"])
     assert all(metrics == results[0] for metrics in results)
     encoder = load_checkpoint(checkpoints["export_dir"][0])
-    direct = retrieval.retrieval_record(encoder, str(shared_data / "coco-mini"), max_samples=20, progress=False)
+    direct = run_one(encoder, "retrieval", str(shared_data / "coco-mini"), max_samples=20)
+    assert direct["num_samples"] == 20 and direct["num_captions"] == 100 and direct["skipped"] == 0
     assert direct["metrics"] == results[0]

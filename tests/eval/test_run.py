@@ -9,7 +9,9 @@ import yaml
 
 from eval import run
 from eval.checkpoints import load_checkpoint
+from eval.results import markdown_table
 from eval.suite import load_suite, parse_suite
+from eval.tasks import context
 from tests.eval.helpers import write_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,15 +20,22 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_suites_parse() -> None:
     for path in sorted((REPO / "eval" / "suites").glob("*.yaml")):
         suite = load_suite(path)
-        assert {task.task for task in suite.tasks} == {"zeroshot", "retrieval"}
+        assert {task.task for task in suite.tasks} <= {"zeroshot_classification", "zeroshot_retrieval", "linear_probe"}
 
 
 @pytest.mark.parametrize("tasks, message", [
     ([{"name": "a", "task": "zeroshot"}], r"tasks\[0\] \(a\)\.data: missing"),
-    ([{"name": "a", "task": "detect", "data": "x"}], r"tasks\[0\] \(a\)\.task: 'detect' is unknown"),
-    ([{"name": "a", "task": "zeroshot", "data": "x", "colour": 1}], r"tasks\[0\] \(a\)\.colour: unknown key"),
-    ([{"name": "b", "task": "retrieval", "data": "x", "templates": "openai"}], r"\(b\)\.classnames: only zeroshot"),
-    ([{"name": "a", "task": "zeroshot", "data": "x", "split": "test"}], r"\(a\)\.split: 'test' is unknown"),
+    ([{"name": "a", "task": "detect", "data": "x"}],
+     r"tasks\[0\] \(a\)\.task: 'detect' is unknown; use one of linear_probe, zeroshot_classification"),
+    ([{"name": "a", "task": "zeroshot", "data": "x", "colour": 1}],
+     r"tasks\[0\] \(a\)\.colour: not an option of zeroshot_classification; allowed: classnames, data"),
+    ([{"name": "b", "task": "retrieval", "data": "x", "templates": "openai"}],
+     r"\(b\)\.templates: not an option of zeroshot_retrieval"),
+    ([{"name": "a", "task": "zeroshot", "data": "x", "split": "a/b"}], r"\(a\)\.split: 'a/b' is not a split name"),
+    ([{"name": "a", "task": "linear_probe", "data": "x", "holdout": 1.5}], r"\(a\)\.holdout: 1.5 must be a fraction"),
+    ([{"name": "a", "task": "linear_probe", "data": "x", "fewshot_k": 0}], r"\(a\)\.fewshot_k: must be -1"),
+    ([{"name": "a", "task": "linear_probe", "data": "x", "holdout": 0.2, "train_data": "y"}],
+     r"\(a\)\.holdout: splits `data` itself"),
     ([{"name": "a", "task": "zeroshot", "data": "x", "max_samples": 0}], r"\(a\)\.max_samples"),
     ([{"name": "a", "task": "zeroshot", "data": "x"}, {"name": "a", "task": "retrieval", "data": "y"}], "appears twice"),
     ([], "non-empty 'tasks:' list"),
@@ -44,7 +53,10 @@ class CountingEncoder:
         self.inner, self.text_calls = inner, 0
         self.preprocess, self.tokenizer = inner.preprocess, inner.tokenizer
 
+    image_calls = 0
+
     def encode_image(self, images):
+        self.image_calls += 1
         return self.inner.encode_image(images)
 
     def encode_text(self, tokens):
@@ -64,25 +76,48 @@ def shard_suite(tmp_path: Path) -> Path:
     return tmp_path / "suite.yaml"
 
 
-def test_run_suite_records_and_classifier_cache(checkpoints: dict, tmp_path: Path) -> None:
+def test_run_suite_records_and_caches(checkpoints: dict, tmp_path: Path) -> None:
     encoder = CountingEncoder(load_checkpoint(checkpoints["export_dir"][0]))
     suite = shard_suite(tmp_path)
     records = run.run_suite(encoder, suite, batch_size=4, model="tiny", pretrained="ck", model_id="step_1",
                             cache_dir=tmp_path / "cache", progress=False)
     assert [(r["dataset"], r["task"], r["num_samples"]) for r in records] == [
         ("zs", "zeroshot_classification", 6), ("rt", "zeroshot_retrieval", 4)]
-    assert all(r["model"] == "tiny" and r["pretrained"] == "ck" and "metrics" in r for r in records)
-    calls_first = encoder.text_calls
+    assert all(r["model"] == "tiny" and r["pretrained"] == "ck" and r["language"] == "en" for r in records)
+    calls_first = encoder.text_calls  # 1 classifier batch + 2 caption batches (8 captions, batch 4)
+    images_first = encoder.image_calls
     again = run.run_suite(encoder, suite, batch_size=4, model_id="step_1", progress=False)
     assert encoder.text_calls - calls_first == calls_first - 1  # only the retrieval captions again
+    assert encoder.image_calls == images_first  # image features came from the cache
     assert again[0]["metrics"] == records[0]["metrics"]
-    run._classifier_cache.clear()
+    context._classifiers.clear()
+    context.FEATURES.entries.clear()
     from_disk = run.run_suite(encoder, suite, batch_size=4, model_id="step_1", cache_dir=tmp_path / "cache",
                               progress=False)
-    assert from_disk[0]["metrics"] == records[0]["metrics"] and len(list((tmp_path / "cache").iterdir())) == 1
+    assert encoder.image_calls == images_first
+    assert from_disk[0]["metrics"] == records[0]["metrics"]
+    assert sorted(path.name.split("-")[0] for path in (tmp_path / "cache").iterdir()) == [
+        "classifier", "features", "features"]
     run.run_suite(encoder, suite, batch_size=4, model_id="step_2", progress=False)
-    assert {key[0] for key in run._classifier_cache} == {"step_2"}
-    assert "| zs | zeroshot_classification | 6 | 0 |" in run.markdown_table(records)
+    assert {key[0] for key in context._classifiers} == {"step_2"} and context.FEATURES.model_id == "step_2"
+    assert encoder.image_calls > images_first
+    assert "| zs | zeroshot_classification | val | 6 | 0 |" in markdown_table(records)
+
+
+def test_tasks_on_one_dataset_encode_its_images_once(checkpoints: dict, tmp_path: Path) -> None:
+    encoder = CountingEncoder(load_checkpoint(checkpoints["export_dir"][0]))
+    samples = [{"key": f"k{i:02d}", "colour": (25 * i, 0, 250 - 25 * i), "cls": i % 2, "captions": [f"c{i}"]}
+               for i in range(10)]
+    shards = write_shards(tmp_path / "shards", samples, ["cat", "dog"])
+    suite = parse_suite({"tasks": [
+        {"name": "zs", "task": "zeroshot_classification", "data": str(shards), "templates": ["a {}."]},
+        {"name": "lp", "task": "linear_probe", "data": str(shards), "holdout": 0.4},
+    ]}, "s.yaml")
+    notes: list[str] = []
+    records = run.run_suite(encoder, suite, batch_size=3, model_id="once", progress=False, notes=notes)
+    assert encoder.image_calls == 4  # ceil(10 / 3) batches, for both tasks together
+    assert records[1]["num_samples"] == 4 and records[1]["num_train"] == 6
+    assert records[0]["split"] == "val" and notes == []  # a single split needs no note
 
 
 @pytest.mark.slow
@@ -113,7 +148,7 @@ def test_demo_suite_runs_on_demo_shards(checkpoints: dict, tmp_path: Path, monke
     generate_demo("demo_out/shards", num_train=4, num_val=12, shard_size=50, progress=False)
     encoder = load_checkpoint(checkpoints["export_dir"][0])
     records = run.run_suite(encoder, REPO / "eval" / "suites" / "demo.yaml", batch_size=8, progress=False)
-    assert [r["num_samples"] for r in records] == [12, 12]
+    assert [r["num_samples"] for r in records] == [12, 12] and [r["split"] for r in records] == ["val", "val"]
     assert records[0]["skipped"] == 0 and "acc1" in records[0]["metrics"]
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from eval import zeroshot
 from eval.checkpoints import load_checkpoint
 from eval.prompts import load_classnames, load_templates
-from tests.eval.helpers import cifar_subset_csv, write_shards
+from tests.eval.helpers import cifar_subset_csv, run_one, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def test_matches_open_clip_build_zero_shot_classifier(kind: str, checkpoints: di
     encoder = load_checkpoint(checkpoint, model_name=model_name)
     torch.testing.assert_close(zeroshot.build_classifier(encoder, classnames, templates, batch_size=37),
                                reference_classifier, atol=1e-5, rtol=1e-5)
-    record = zeroshot.zeroshot_record(encoder, str(csv_path), classnames="cifar10", templates="cifar10", batch_size=50)
+    record = run_one(encoder, "zeroshot", str(csv_path), classnames="cifar10", templates="cifar10", batch_size=50)
     assert record["num_samples"] == 200 and record["skipped"] == 0
     assert record["metrics"]["acc1"] == pytest.approx(want_acc1)
     assert record["metrics"]["acc5"] == pytest.approx(want_acc5)
@@ -61,7 +61,7 @@ def test_cli_loads_every_checkpoint_kind(all_kinds: dict, shared_data: Path, tmp
         argv = ["--checkpoint", checkpoint, "--data", str(csv_path), "--out", str(out), "--templates", "simple"]
         zeroshot.main(argv + (["--model", model_name] if model_name else []))
         record = json.loads(out.read_text())
-        assert record["pretrained"] == checkpoint and record["num_samples"] == 20
+        assert record["pretrained"] == checkpoint and record["task"] == "zeroshot_classification"
         results[kind] = record["metrics"]
     assert all(metrics == results["pt_with_config"] for metrics in results.values())
 
@@ -73,8 +73,7 @@ def test_shards_imagefolder_custom_lists_and_skips(checkpoints: dict, tmp_path: 
     samples.append({"key": "broken", "jpg": b"not a jpeg", "cls": 0, "captions": ["x"]})
     shards = write_shards(tmp_path / "shards", samples, ["red", "green", "blue"])
     (tmp_path / "templates.json").write_text(json.dumps(["a photo of a {c}.", "a {}."]))
-    record = zeroshot.zeroshot_record(encoder, f"{shards}::val", templates=str(tmp_path / "templates.json"),
-                                      progress=False)
+    record = run_one(encoder, "zeroshot", f"{shards}::val", templates=str(tmp_path / "templates.json"))
     assert record["num_samples"] == 9 and record["skipped"] == 1
     assert "acc5" not in record["metrics"]
 
@@ -82,8 +81,8 @@ def test_shards_imagefolder_custom_lists_and_skips(checkpoints: dict, tmp_path: 
         image_file(f"folder/{['red', 'green', 'blue'][i]}/{i}.png", colour)
     (tmp_path / "folder" / "blue" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     (tmp_path / "names.txt").write_text("red\ngreen\nblue\n")
-    record = zeroshot.zeroshot_record(encoder, str(tmp_path / "folder"), classnames=str(tmp_path / "names.txt"),
-                                      templates=["{} colour"], progress=False)
+    record = run_one(encoder, "zeroshot", str(tmp_path / "folder"), classnames=str(tmp_path / "names.txt"),
+                     templates=["{} colour"])
     assert record["num_samples"] == 3 and record["skipped"] == 1
 
 
@@ -93,22 +92,22 @@ def test_bad_inputs_are_one_line_errors(checkpoints: dict, tmp_path: Path, image
     (tmp_path / "labels.csv").write_text("path,label\na.png,cat\na.png,zebra\n")
     (tmp_path / "names.txt").write_text("cat\ndog\n")
     with pytest.raises(ValueError, match=r"unknown class 'zebra' in .*labels.csv row 2"):
-        zeroshot.zeroshot_record(encoder, str(tmp_path / "labels.csv"), classnames=str(tmp_path / "names.txt"))
+        run_one(encoder, "zeroshot", str(tmp_path / "labels.csv"), classnames=str(tmp_path / "names.txt"))
     (tmp_path / "folder" / "cat").mkdir(parents=True)
     (tmp_path / "folder" / "zebra").mkdir()
     with pytest.raises(ValueError, match=r"unknown class 'zebra' in folder .*zebra"):
-        zeroshot.zeroshot_record(encoder, str(tmp_path / "folder"), classnames=str(tmp_path / "names.txt"))
+        run_one(encoder, "zeroshot", str(tmp_path / "folder"), classnames=str(tmp_path / "names.txt"))
     with pytest.raises(ValueError, match=r"dataset .*folder is empty"):
-        zeroshot.zeroshot_record(encoder, str(tmp_path / "folder"), progress=False)
+        run_one(encoder, "zeroshot", str(tmp_path / "folder"))
     with pytest.raises(FileNotFoundError, match="dataset not found"):
-        zeroshot.zeroshot_record(encoder, str(tmp_path / "absent"))
+        run_one(encoder, "zeroshot", str(tmp_path / "absent"))
     (tmp_path / "only_bad" / "cat").mkdir(parents=True)
     (tmp_path / "only_bad" / "cat" / "x.jpg").write_bytes(b"junk")
     with pytest.raises(ValueError, match="all 1 images were unreadable"):
-        zeroshot.zeroshot_record(encoder, str(tmp_path / "only_bad"), progress=False)
+        run_one(encoder, "zeroshot", str(tmp_path / "only_bad"))
     (tmp_path / "bad_templates.txt").write_text("no slot here\n")
     with pytest.raises(ValueError, match="has no '{}' slot"):
-        zeroshot.zeroshot_record(encoder, str(tmp_path / "labels.csv"), templates=str(tmp_path / "bad_templates.txt"))
+        run_one(encoder, "zeroshot", str(tmp_path / "labels.csv"), templates=str(tmp_path / "bad_templates.txt"))
 
 
 @pytest.mark.slow

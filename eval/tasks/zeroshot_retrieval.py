@@ -1,0 +1,32 @@
+"""Image-text retrieval: recall@1/5/10 both ways over every caption of every readable image."""
+from __future__ import annotations
+
+import torch
+
+from eval.datasets import load_retrieval
+from eval.features import encode_texts
+from eval.metrics import retrieval_metrics
+
+OPTIONS = frozenset({"image_root"})
+
+
+def check(spec) -> None:
+    if spec.option("image_root") is not None and not isinstance(spec.option("image_root"), str):
+        raise ValueError("image_root: must be a folder path")
+
+
+def run(spec, ctx) -> dict:
+    dataset = load_retrieval(spec.data, spec.split, spec.option("image_root"))
+    ctx.note(dataset.split_note)
+    found = ctx.image_features(dataset, "retrieval", spec.max_samples, {"image_root": spec.option("image_root")})
+    found.check_nonempty(dataset.name)
+    captions = [caption for per_image in found.captions for caption in per_image]
+    if not captions:
+        raise ValueError(f"dataset {dataset.name}: no captions found; retrieval needs captions per image")
+    owners = torch.tensor([i for i, per_image in enumerate(found.captions) for _ in per_image])
+    text_features = encode_texts(ctx.encoder, captions, batch_size=ctx.batch_size)
+    scores = text_features @ found.features.T  # fp32 [T, N]
+    positives = torch.nn.functional.one_hot(owners, found.num_images).bool()
+    return {"metrics": retrieval_metrics(scores, positives), "num_samples": found.num_images,
+            "num_captions": len(captions), "skipped": found.skipped, "split": dataset.split,
+            "images_per_s": found.images_per_s}
