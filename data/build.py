@@ -11,6 +11,7 @@ skip counts and (for --dedup) the content hashes it kept, so a reused shard need
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -23,8 +24,11 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import braceexpand
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from data.images import DEFAULT_MAX_PIXELS, ImageOptions, ProcessedImage, SkipImage, content_digest, process_image
@@ -32,9 +36,13 @@ from data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collec
 
 SPLITS = ("train", "val")
 SKIP_REASONS = ("corrupt_image", "too_small", "too_large", "empty_caption", "duplicate",
-                "missing_file", "missing_label", "unknown_label", "bad_row", "corrupt_shard")
+                "missing_file", "missing_label", "unknown_label", "bad_row", "corrupt_shard",
+                "bad_encoding", "outside_root", "key_conflict")
 SIDECAR_DIR = ".build"
+LOCK_FILE = "lock"
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
+# Files a build writes at the top of its output (and their .tmp while being written).
+_OWN_FILE = re.compile(r"^(manifest\.json|stats\.json|classnames\.json|[A-Za-z0-9_]+-(train|val)-\d{6}\.tar)(\.tmp)?$")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class BuildOptions:
     caption_column: str | None = None
     label_column: str | None = None
     key_column: str | None = None
+    image_root: str | None = None  # images must lie here (default: the table's folder / the image folder)
     classnames: tuple[str, ...] | None = None  # fixed class order; default: sorted labels seen
     max_caption_chars: int = 1000
     progress: bool = True
@@ -81,7 +90,7 @@ class BuildOptions:
         return ImageOptions(self.max_side, self.min_side, self.jpeg_quality, self.max_pixels)
 
     def columns(self) -> Columns:
-        return Columns(self.image_column, self.caption_column, self.label_column, self.key_column)
+        return Columns(self.image_column, self.caption_column, self.label_column, self.key_column, self.image_root)
 
 
 @dataclass(frozen=True)
@@ -239,11 +248,60 @@ def _reusable_shard(output: str, name: str, fingerprint: str, start: int) -> dic
 
 
 def _remove_tmp_files(output: str) -> None:
-    """Delete .tmp leftovers of an interrupted build (shards, sidecars, manifest, stats)."""
-    for directory in (output, os.path.join(output, SIDECAR_DIR)):
-        for entry in os.listdir(directory):
-            if entry.endswith(".tmp"):
-                os.remove(os.path.join(directory, entry))
+    """Delete .tmp leftovers of an interrupted build (shards, sidecars, manifest, stats); never
+    a .tmp file of another name."""
+    for entry in os.listdir(output):
+        if entry.endswith(".tmp") and _OWN_FILE.match(entry):
+            os.remove(os.path.join(output, entry))
+    sidecars = os.path.join(output, SIDECAR_DIR)
+    for entry in os.listdir(sidecars):
+        if entry.endswith(".json.tmp"):
+            os.remove(os.path.join(sidecars, entry))
+
+
+def _input_files(path: str) -> list[str]:
+    return list(braceexpand.braceexpand(path)) if "{" in path and ".." in path else [path]
+
+
+def check_output(output: str, inputs: Sequence[str]) -> None:
+    """Refuses an output folder the build could damage: one that holds (or is) one of its inputs
+    (re-sharding in place would overwrite or delete them), or that already holds files this
+    builder did not write (its clean-up would treat them as its own)."""
+    out = Path(output).resolve()
+    for path in inputs:
+        for candidate in _input_files(path):
+            resolved = Path(candidate).resolve()
+            if resolved == out or out in resolved.parents:
+                raise ValueError(f"--output {output}: holds the build's own input {candidate}, which re-sharding in "
+                                 "place would overwrite or delete; write to a new folder and swap it in afterwards")
+    if out.is_file():
+        raise ValueError(f"--output {output}: is a file; pass a folder")
+    if out.is_dir() and not (out / SIDECAR_DIR).is_dir():  # .build/: a folder this builder wrote before
+        entries = sorted(os.listdir(out))
+        if entries:
+            raise ValueError(f"--output {output}: already holds files this builder did not write (e.g. {entries[0]!r}); "
+                             "pass an empty or new folder")
+
+
+@contextlib.contextmanager
+def output_lock(output: str) -> Iterator[None]:
+    """One build per output folder at a time (an flock: the OS drops it if the build dies)."""
+    path = os.path.join(output, SIDECAR_DIR, LOCK_FILE)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = f"pid {int(Path(path).read_text())}"
+        except (OSError, ValueError):
+            holder = "another process"
+        raise ValueError(f"--output {output}: another build ({holder}) is writing it; wait for it to finish "
+                         "or pick another folder") from None
+    try:
+        Path(path).write_text(str(os.getpid()))
+        yield
+    finally:
+        lock.release()
 
 
 def _remove_stale_shards(output: str, prefix: str, keep: set[str]) -> None:
@@ -361,13 +419,19 @@ def build_shards(inputs: list[str], output: str, **options: Any) -> dict:
     opts = BuildOptions(**options)
     if not inputs:
         raise ValueError("inputs: no input given; pass at least one --input")
-    collected = collect_samples(list(inputs), opts.input_kind, opts.columns(), opts.max_caption_chars)
+    check_output(output, inputs)
+    os.makedirs(os.path.join(output, SIDECAR_DIR), exist_ok=True)
+    with output_lock(output):
+        return _build_locked(list(inputs), output, opts)
+
+
+def _build_locked(inputs: list[str], output: str, opts: BuildOptions) -> dict:
+    collected = collect_samples(inputs, opts.input_kind, opts.columns(), opts.max_caption_chars)
     classnames = _classnames(opts, collected)
     by_split: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     for sample in collected.samples:
         by_split[split_of(sample.key, opts.val_fraction)].append(sample)
 
-    os.makedirs(os.path.join(output, SIDECAR_DIR), exist_ok=True)
     _remove_tmp_files(output)
     fingerprint = _fingerprint(opts, collected.samples, classnames)
     skipped: Counter = Counter({reason: 0 for reason in SKIP_REASONS})
@@ -440,6 +504,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--caption-column", default=None, help="default: captions, caption, text or txt")
     parser.add_argument("--label-column", default=None, help="class label column (writes cls + classnames.json)")
     parser.add_argument("--key-column", default=None, help="sample key column (default: image path)")
+    parser.add_argument("--image-root", default=None,
+                        help="folder every image must lie in (default: the table's folder, or the image folder)")
     parser.add_argument("--classnames", type=_read_classnames, default=None,
                         help="JSON list of class names fixing the cls order (default: sorted labels)")
     parser.add_argument("--max-caption-chars", type=int, default=defaults.max_caption_chars)
@@ -453,12 +519,15 @@ def main(argv: list[str] | None = None) -> int:
     args["progress"] = not args.pop("no_progress")
     try:
         stats = build_shards(inputs, output, **args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     skipped = ", ".join(f"{reason}={count}" for reason, count in stats["skipped"].items() if count)
     print(f"kept {stats['kept']} samples in {stats['shards']} shards "
           f"(train {stats['totals']['train']}, val {stats['totals']['val']}); skipped: {skipped or 'none'}")
+    if stats["skipped"].get("outside_root"):
+        print(f"note: {stats['skipped']['outside_root']} images resolve outside the image root and were not read; "
+              "pass --image-root DIR if they belong to the data set")
     return 0
 
 

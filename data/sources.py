@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import braceexpand
 
@@ -48,12 +49,17 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class Columns:
-    """Column (or JSON field) names; ``caption=None`` picks the first of AUTO_CAPTION_COLUMNS."""
+    """Column (or JSON field) names; ``caption=None`` picks the first of AUTO_CAPTION_COLUMNS.
+
+    ``image_root``: the folder every image must lie in once symlinks and ``..`` are resolved
+    (default: the table's folder, or the image folder itself); others are skipped as outside_root.
+    """
 
     image: str = "image"
     caption: str | None = None
     label: str | None = None
     key: str | None = None
+    image_root: str | None = None
 
 
 @dataclass
@@ -151,13 +157,52 @@ def _resolve_columns(available: list[str], columns: Columns, source: str) -> Col
     return Columns(columns.image, caption, columns.label, columns.key)
 
 
-def _table_row(record: dict, columns: Columns, base: Path, parse_json_list: bool) -> SourceRow | None:
-    """A table record as a SourceRow; None when the record lacks its image field."""
+def _image_root(columns: Columns, default: Path) -> Path:
+    return Path(columns.image_root).resolve() if columns.image_root else default
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (already resolved: symlinks and ``..`` followed) lies in ``root``."""
+    return path == root or root in path.parents
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
+
+
+def _row_problem(record: dict, columns: Columns) -> str | None:
+    """Why a record cannot be used (a skip reason), or None. Values of the wrong type would
+    otherwise be turned into paths or captions with ``str()`` (a dict as a caption, say)."""
+    for value in record.values():  # CSV: undecodable bytes arrive as lone surrogates
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "bad_encoding"
     image_value = record.get(columns.image)
-    if image_value is None or str(image_value).strip() == "":
-        return None
-    image_path = str((base / str(image_value).strip()).resolve())
-    relative = os.path.splitext(str(image_value).strip())[0]
+    if not isinstance(image_value, str) or not image_value.strip():
+        return "bad_row"
+    captions = record.get(columns.caption)
+    if not (captions is None or isinstance(captions, str)
+            or (isinstance(captions, (list, tuple)) and all(c is None or isinstance(c, str) for c in captions))):
+        return "bad_row"
+    if not all(_is_scalar(record.get(name)) for name in (columns.label, columns.key) if name):
+        return "bad_row"
+    return None
+
+
+def _table_row(record: dict, columns: Columns, base: Path, root: Path, parse_json_list: bool) -> SourceRow | str:
+    """A table record as a SourceRow, or the reason it is skipped (bad_row, bad_encoding, outside_root)."""
+    problem = _row_problem(record, columns)
+    if problem:
+        return problem
+    image_value = record[columns.image].strip()
+    resolved = (base / image_value).resolve()  # follows symlinks: the file that would really be read
+    if not _inside(resolved, root):
+        return "outside_root"
+    image_path = str(resolved)
+    relative = os.path.splitext(image_value)[0]
     key_value = record.get(columns.key) if columns.key else None
     group = f"key:{key_value}" if key_value not in (None, "") else f"file:{image_path}"
     label = record.get(columns.label) if columns.label else None
@@ -172,9 +217,15 @@ def _table_row(record: dict, columns: Columns, base: Path, parse_json_list: bool
 
 def _read_jsonl(path: str, columns: Columns, skipped: Counter) -> Iterator[SourceRow]:
     base = Path(path).resolve().parent
+    root = _image_root(columns, base)
     resolved: Columns | None = None
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
+    with open(path, "rb") as handle:  # bytes: one undecodable row is skipped, not the whole file
+        for raw in handle:
+            try:
+                line = raw.decode("utf-8-sig")  # also drops a byte-order mark
+            except UnicodeDecodeError:
+                skipped["bad_encoding"] += 1
+                continue
             if not line.strip():
                 continue
             try:
@@ -187,39 +238,73 @@ def _read_jsonl(path: str, columns: Columns, skipped: Counter) -> Iterator[Sourc
                 continue
             if resolved is None:  # the first record names the columns every row should have
                 resolved = _resolve_columns(list(record), columns, path)
-            row = _table_row(record, resolved, base, parse_json_list=False)
-            if row is None:
-                skipped["bad_row"] += 1
+            row = _table_row(record, resolved, base, root, parse_json_list=False)
+            if isinstance(row, str):
+                skipped[row] += 1
                 continue
             yield row
 
 
 def _read_csv(path: str, columns: Columns, skipped: Counter) -> Iterator[SourceRow]:
     base = Path(path).resolve().parent
+    root = _image_root(columns, base)
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    with open(path, encoding="utf-8", newline="") as handle:
+    # utf-8-sig: Excel's byte-order mark would otherwise glue itself to the first column's name;
+    # surrogateescape: an undecodable row is skipped as bad_encoding instead of ending the build.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         resolved = _resolve_columns(list(reader.fieldnames or []), columns, path)
         for record in reader:
-            row = _table_row(record, resolved, base, parse_json_list=True)
-            if row is None:
-                skipped["bad_row"] += 1
+            row = _table_row(record, resolved, base, root, parse_json_list=True)
+            if isinstance(row, str):
+                skipped[row] += 1
                 continue
             yield row
 
 
+def _check_parquet_types(schema: Any, columns: Columns, path: str) -> None:
+    """Refuses columns whose Arrow type cannot hold what they name (numbers as image paths...)."""
+    import pyarrow as pa
+
+    def stringy(kind: Any) -> bool:
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+    def string_list(kind: Any) -> bool:
+        return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and stringy(kind.value_type)
+
+    expected = {
+        "--image-column": (columns.image, stringy, "a string (an image path)"),
+        "--caption-column": (columns.caption, lambda k: stringy(k) or string_list(k), "a string or a list of strings"),
+        "--label-column": (columns.label, lambda k: stringy(k) or pa.types.is_integer(k), "a string or an integer"),
+        "--key-column": (columns.key, lambda k: stringy(k) or pa.types.is_integer(k), "a string or an integer"),
+    }
+    for flag, (name, accepts, wanted) in expected.items():
+        if name is not None and not accepts(schema.field(name).type):
+            raise ValueError(f"{flag}: column '{name}' of {path} has type {schema.field(name).type}, "
+                             f"expected {wanted}; convert the column or pass another {flag}")
+
+
 def _read_parquet(path: str, columns: Columns, skipped: Counter) -> Iterator[SourceRow]:
+    import pyarrow as pa
     import pyarrow.parquet as pq  # optional heavy import, only for parquet inputs
 
     base = Path(path).resolve().parent
-    parquet = pq.ParquetFile(path)
+    root = _image_root(columns, base)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"--input {path}: not a readable Parquet file ({str(error).splitlines()[0][:120]}); "
+                         "check the file or pass --input-kind") from None
     resolved = _resolve_columns(parquet.schema_arrow.names, columns, path)
+    _check_parquet_types(parquet.schema_arrow, resolved, path)
     wanted = list(dict.fromkeys(n for n in (resolved.image, resolved.caption, resolved.label, resolved.key) if n))
     for batch in parquet.iter_batches(columns=wanted):
         for record in batch.to_pylist():
-            row = _table_row(record, resolved, base, parse_json_list=True)
-            if row is None:
-                skipped["bad_row"] += 1
+            row = _table_row(record, resolved, base, root, parse_json_list=True)
+            if isinstance(row, str):
+                skipped[row] += 1
                 continue
             yield row
 
@@ -227,14 +312,19 @@ def _read_parquet(path: str, columns: Columns, skipped: Counter) -> Iterator[Sou
 def _read_folder(path: str, columns: Columns, skipped: Counter) -> Iterator[SourceRow]:
     if columns.label or columns.key:
         raise ValueError(f"--input {path}: an image folder has no label/key columns; drop --label-column/--key-column")
-    root = Path(path).resolve()
-    for image_path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+    folder = Path(path).resolve()
+    root = _image_root(columns, folder)
+    for image_path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+        real = image_path.resolve()
+        if not _inside(real, root):  # a symlink to a file elsewhere: never read it
+            skipped["outside_root"] += 1
+            continue
         caption_path = image_path.with_suffix(".txt")
         captions = []
-        if caption_path.is_file():  # one caption per line
+        if caption_path.is_file() and _inside(caption_path.resolve(), root):  # one caption per line
             captions = caption_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        relative = str(image_path.relative_to(root).with_suffix(""))
-        yield SourceRow(f"file:{image_path}", relative, ImageRef(str(image_path)), captions)
+        relative = str(image_path.relative_to(folder).with_suffix(""))
+        yield SourceRow(f"file:{image_path}", relative, ImageRef(str(real)), captions)
 
 
 def shard_files(path: str) -> list[str]:
@@ -244,8 +334,18 @@ def shard_files(path: str) -> list[str]:
     if os.path.isdir(path):
         manifest = os.path.join(path, "manifest.json")
         if os.path.isfile(manifest):
-            with open(manifest, encoding="utf-8") as handle:
-                return [os.path.join(path, shard["file"]) for shard in json.load(handle)["shards"]]
+            try:
+                with open(manifest, encoding="utf-8") as handle:
+                    files = [shard["file"] for shard in json.load(handle)["shards"]]
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"--input {path}: unreadable manifest.json ({error!r}); rebuild the shards "
+                                 "or pass a brace pattern") from None
+            root = Path(path).resolve()
+            for name in files:  # a manifest must not send the builder to read tars elsewhere
+                if not isinstance(name, str) or not _inside(Path(path, name).resolve(), root):
+                    raise ValueError(f"--input {path}: manifest.json lists {name!r}, outside {path}; "
+                                     "fix the manifest (entries are file names inside the folder)")
+            return [os.path.join(path, name) for name in files]
         return sorted(glob.glob(os.path.join(path, "*.tar")))
     return [path]
 
@@ -283,6 +383,7 @@ def _read_shards(path: str, columns: Columns, skipped: Counter) -> Iterator[Sour
             raise FileNotFoundError(f"--input {path}: shard {tar_path} not found; rebuild or fix the manifest")
         tar_path = str(Path(tar_path).resolve())
         groups: dict[str, tuple[dict[str, tarfile.TarInfo], dict[str, bytes]]] = {}
+        conflicts: set[str] = set()
         try:
             with tarfile.open(tar_path, "r") as archive:
                 for member in archive:
@@ -290,13 +391,17 @@ def _read_shards(path: str, columns: Columns, skipped: Counter) -> Iterator[Sour
                         continue
                     key, extension = _split_member_name(member.name)
                     members, texts = groups.setdefault(key, ({}, {}))
+                    if extension in members:  # the same member name twice: which one is meant is unknowable
+                        conflicts.add(key)
                     members[extension] = member
                     if extension in ("txt", "json"):  # small metadata: read now, images later
                         texts[extension] = archive.extractfile(member).read()
         except (tarfile.TarError, OSError):
             skipped["corrupt_shard"] += 1
+        skipped["key_conflict"] += len(conflicts)
         for key, (members, texts) in groups.items():
-            yield _shard_row(tar_path, key, members, texts, columns)
+            if key not in conflicts:
+                yield _shard_row(tar_path, key, members, texts, columns)
 
 
 _READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet,
@@ -344,18 +449,25 @@ def collect_samples(inputs: list[str], kind: str | None, columns: Columns, max_c
         check_input_exists(path)
     result = CollectResult(samples=[])
     groups: dict[str, SourceRow] = {}
+    conflicts: set[str] = set()  # one key naming two different images or labels
     for path in inputs:
         for row in read_rows(path, kind, columns, result.skipped):
             merged = groups.get(row.group)
             if merged is None:
                 groups[row.group] = SourceRow(row.group, row.key_hint, row.image, list(row.captions), row.label)
                 continue
+            if (row.image and merged.image and row.image != merged.image) or (
+                    row.label and merged.label and row.label != merged.label):
+                conflicts.add(row.group)
             result.counters["merged_rows"] += 1
             merged.captions.extend(row.captions)
             merged.image = merged.image or row.image
             merged.label = merged.label or row.label
     keys = _assign_keys(groups)
     for group, row in groups.items():
+        if group in conflicts:
+            result.skipped["key_conflict"] += 1
+            continue
         if row.image is None:
             result.skipped["missing_file"] += 1
             continue
