@@ -142,6 +142,14 @@ class TrainConfig:
         _check(self.total_samples >= 1, "total_samples", f"must be >= 1, got {self.total_samples}")
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
         _check(bool(self.run_dir), "run_dir", "must not be empty")
+        # DeepSpeed 0.19.8 clips ZeRO 1-3 gradients before taking out torch_autocast's fp16 loss
+        # scale, so the clip would shrink every update by ~65536x: refuse rather than train wrongly.
+        _check(
+            not (self.precision == "fp16" and self.zero.stage >= 1 and self.optim.grad_clip > 0),
+            "precision",
+            "fp16 with zero.stage >= 1 and optim.grad_clip > 0 is not supported (DeepSpeed clips the "
+            "still-scaled gradients); use precision=bf16, zero.stage=0, or optim.grad_clip=0",
+        )
 
     def global_batch(self, world_size: int) -> int:
         return self.micro_batch * self.grad_accum * world_size
@@ -159,6 +167,88 @@ def _check(ok: bool, name: str, message: str) -> None:
 # --- loading -------------------------------------------------------------------------------------
 
 
+MAX_CONFIG_VALUES = 100_000  # far above any real config; a YAML alias bomb expands past it at once
+_INT64 = 2**63
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping with values that disagree
+    (PyYAML silently keeps the last). A repeat whose value restates the first one (equal, or a
+    mapping holding all of it) is accepted: keeping the last then changes nothing."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, tuple[int, Any]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue
+            line = key_node.start_mark.line + 1
+            if key in first:
+                first_line, first_value = first[key]
+                if not _restates(self.construct_object(value_node, deep=True), first_value):
+                    raise ConfigError(f"key {key!r} given twice with different values (lines {first_line} and "
+                                      f"{line}); keep one of them")
+            first[key] = (line, self.construct_object(value_node, deep=True))
+        return super().construct_mapping(node, deep=deep)
+
+
+def _restates(later: Any, earlier: Any) -> bool:
+    if isinstance(earlier, dict) and isinstance(later, dict):
+        return all(name in later and _restates(later[name], value) for name, value in earlier.items())
+    return type(later) is type(earlier) and later == earlier
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(error).split())[:200]}") from None
+    _check_size(value, where)
+    return value
+
+
+def _check_size(value: Any, where: str) -> None:
+    """Refuses documents that expand to absurd sizes through aliases (or refer to themselves)."""
+    pending, seen = [value], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_CONFIG_VALUES} values (YAML aliases referring "
+                              "to each other or to themselves); write the values out")
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
+def _check_numbers(value: Any, key: str) -> None:
+    """Every float finite and every integer within 64 bits, anywhere in the built config (nan
+    passes every `x > 0` check, inf and huge ints blow up later in seeding or the schedule)."""
+    def child(name: object) -> str:
+        return f"{key}.{name}" if key else str(name)
+
+    if dataclasses.is_dataclass(value):
+        for item in dataclasses.fields(value):
+            _check_numbers(getattr(value, item.name), child(item.name))
+        return
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_numbers(item, child(name))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_numbers(item, f"{key}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key}: must be a finite number, got {value}")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        raise ConfigError(f"config key {key}: {value} does not fit in a signed 64-bit integer; pass a smaller value")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Reads a YAML file (safe loader), applies dotted `key=value` overrides, builds and validates."""
     raw: dict[str, Any] = {}
@@ -167,17 +257,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}; see pretrain/configs/ for examples")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+        raw = _parse_yaml(text, f"config file {path}") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
-    return build_dataclass(TrainConfig, raw, prefix="")
+        parsed = _parse_yaml(value, f"override {item!r}") if value.strip() else None
+        _set_dotted(raw, key.strip(), parsed)
+    config = build_dataclass(TrainConfig, raw, prefix="")
+    _check_numbers(config, "")
+    return config
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -189,10 +283,14 @@ def dump_config(config: Any) -> str:
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
     *parents, leaf = key.split(".")
+    if not all(parents) or not leaf:
+        raise ConfigError(f"override {key}: empty part in the dotted key; write e.g. optim.lr=1e-4")
+    node = raw
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section (`data:` in the YAML)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {key}: {part} is not a section")
     node[leaf] = value
