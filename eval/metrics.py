@@ -64,14 +64,13 @@ def retrieval_metrics(scores: torch.Tensor, positive_pairs: torch.Tensor,
     """Text-image scores [T, N] and positives bool [T, N] -> CLIP_benchmark-named recalls.
 
     `image_retrieval_recall@k`: text -> image (queries are captions); `text_retrieval_recall@k`:
-    image -> text (queries are images, hit when any of their captions is in the top k);
-    `mean_recall`: mean of all of them.
+    image -> text (queries are images, hit when any of their captions is in the top k). Exactly
+    CLIP_benchmark's metric names (its results carry no mean).
     """
     metrics: dict[str, float] = {}
     for k in ks:
         metrics[f"image_retrieval_recall@{k}"] = _batched_recall(scores, positive_pairs, k, query_batch)
         metrics[f"text_retrieval_recall@{k}"] = _batched_recall(scores.T, positive_pairs.T, k, query_batch)
-    metrics["mean_recall"] = sum(metrics.values()) / len(metrics)
     return metrics
 
 

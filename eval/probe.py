@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from eval.metrics import classification_metrics
 
-WEIGHT_DECAYS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-DEFAULT_WEIGHT_DECAY = 1e-4  # used when the training set is too small to hold any part out
+WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # on standardised features
+DEFAULT_WEIGHT_DECAY = 1e-3  # used when the training set is too small to hold any part out
 HOLDOUT_FRACTION = 0.2
 MAX_ITER = 100
 
@@ -67,7 +67,23 @@ def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[tor
 
 def fit_logistic(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
                  max_iter: int = MAX_ITER) -> torch.nn.Linear:
-    """features [N, D], labels [N] -> Linear(D, C) minimising mean cross-entropy + wd/2 * |W|^2."""
+    """features [N, D], labels [N] -> Linear(D, C) on the raw features, minimising mean cross-entropy
+    + wd/2 * |W|^2 over features standardised with their own mean and std.
+
+    Standardising first matters: a weakly trained tower can put every image within ~1e-3 of one
+    direction, where L-BFGS on the raw features stops at once (gradients below tolerance).
+    """
+    mean = features.mean(dim=0)
+    std = features.std(dim=0).nan_to_num(1.0).clamp_min(1e-12)  # one row has no spread: leave it unscaled
+    probe = _fit_standardised((features - mean) / std, labels, num_classes, weight_decay, max_iter)
+    with torch.no_grad():  # fold the standardisation in: W' = W / std, b' = b - W' . mean
+        probe.weight /= std
+        probe.bias -= probe.weight @ mean
+    return probe
+
+
+def _fit_standardised(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
+                      max_iter: int) -> torch.nn.Linear:
     probe = torch.nn.Linear(features.shape[1], num_classes, device=features.device)
     torch.nn.init.zeros_(probe.weight)  # zero init: the result depends on the data only
     torch.nn.init.zeros_(probe.bias)
