@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -53,6 +55,49 @@ def _local_path(url: str) -> Path:
     return Path(url[len("file://"):] if url.startswith("file://") else url)
 
 
+VERIFY_SHARDS = 256  # manifests this long are checked shard by shard; longer ones at evenly spread shards
+
+
+def count_samples(path: Path) -> int:
+    """Samples (distinct keys) in a tar, from its headers only (member data is skipped, not read)."""
+    keys = set()
+    with tarfile.open(path, "r:") as archive:
+        for member in archive:
+            if member.isfile():
+                directory, base = os.path.split(member.name)
+                keys.add(os.path.join(directory, base.split(".", 1)[0]))
+    return len(keys)
+
+
+def _check_counts(shards: list[Shard], manifest: Path, spec: str) -> None:
+    """The counts a manifest claims must be what the tars hold: epoch sizes and the batch-size check
+    are computed from them. Every shard is checked up to VERIFY_SHARDS, a spread of them beyond."""
+    step = max(1, len(shards) // VERIFY_SHARDS)
+    for shard in shards[::step]:
+        if shard.count is None:
+            continue
+        try:
+            actual = count_samples(Path(shard.url))
+        except (tarfile.TarError, OSError) as exn:
+            raise ValueError(f"{spec}: shard {shard.url} is not a readable tar ({exn}); rebuild it with data.build") from None
+        if actual != shard.count:
+            raise ValueError(f"{spec}: {manifest} says {Path(shard.url).name} holds {shard.count} samples, the tar holds "
+                             f"{actual}; rebuild the shards with data.build or correct the manifest")
+
+
+def _manifest_shard(directory: Path, entry: object, path: Path, spec: str) -> Shard:
+    """One manifest entry as a Shard; its file must be a plain name inside ``directory``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        raise ValueError(f"{spec}: {path} has an entry without a file name ({entry!r:.80}); rebuild the shards with data.build")
+    file, count = entry["file"], entry.get("count")
+    if Path(file).name != file or file in ("", ".", ".."):  # a bare name: no "..", no absolute path
+        raise ValueError(f"{spec}: {path} lists {file!r}, which is not a file in {directory}; "
+                         "a manifest names shards beside it: fix the entry or rebuild the shards")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+        raise ValueError(f"{spec}: {path} gives {file} the count {count!r}, not a whole number >= 0; rebuild the shards")
+    return Shard(str(directory / file), count)
+
+
 def read_manifest(directory: Path, split: str, spec: str) -> list[Shard]:
     """Shards of ``split`` listed in ``directory/manifest.json``, in manifest order."""
     path = directory / MANIFEST
@@ -67,10 +112,11 @@ def read_manifest(directory: Path, split: str, spec: str) -> list[Shard]:
         raise ValueError(f"{spec}: unreadable {path} ({exn!r}); rebuild the shards with data.build") from None
     if not entries:
         raise ValueError(f"{spec}: manifest {path} lists no '{split}' shards; pick another split with DIR::SPLIT")
-    shards = [Shard(str(directory / e["file"]), int(e["count"]) if "count" in e else None) for e in entries]
+    shards = [_manifest_shard(directory, e, path, spec) for e in entries]
     missing = [s.url for s in shards if not Path(s.url).is_file()]
     if missing:
         raise FileNotFoundError(f"{spec}: missing shard {missing[0]} ({len(missing)} missing); rebuild or re-copy DIR")
+    _check_counts(shards, path, spec)
     return shards
 
 
