@@ -31,7 +31,7 @@ import braceexpand
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from data.images import DEFAULT_MAX_PIXELS, ImageOptions, ProcessedImage, SkipImage, content_digest, process_image
+from data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageOptions, ProcessedImage, SkipImage, content_digest, process_image
 from data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collect_samples
 
 SPLITS = ("train", "val")
@@ -54,6 +54,7 @@ class BuildOptions:
     min_side: int = 16
     jpeg_quality: int = 90
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     workers: int = min(8, os.cpu_count() or 1)
     val_fraction: float = 0.0
     prefix: str = "shard"
@@ -87,7 +88,7 @@ class BuildOptions:
         self.image_options()  # validates the image fields
 
     def image_options(self) -> ImageOptions:
-        return ImageOptions(self.max_side, self.min_side, self.jpeg_quality, self.max_pixels)
+        return ImageOptions(self.max_side, self.min_side, self.jpeg_quality, self.max_pixels, self.max_bytes)
 
     def columns(self) -> Columns:
         return Columns(self.image_column, self.caption_column, self.label_column, self.key_column, self.image_root)
@@ -126,6 +127,8 @@ def _process_ref(ref: ImageRef) -> ImageResult:
     """Read, validate and re-encode one image (runs in a pool worker)."""
     assert _WORKER_OPTIONS is not None, "_init_worker must run first"
     try:
+        if ref.byte_size() > _WORKER_OPTIONS.max_bytes:
+            return ImageResult(reason="too_large")  # never read into memory
         data = ref.read()
     except OSError:  # gone, a directory, or unreadable: all mean the file is not usable
         return ImageResult(reason="missing_file")
@@ -494,6 +497,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-side", type=int, default=defaults.max_side, help="longest image side after resize")
     parser.add_argument("--min-side", type=int, default=defaults.min_side, help="skip images with a smaller side")
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="decompression-bomb pixel limit")
+    parser.add_argument("--max-bytes", type=int, default=defaults.max_bytes, help="skip larger image files unread")
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
     parser.add_argument("--workers", type=int, default=defaults.workers, help="image processes (0/1: in-process)")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="share of keys for val")

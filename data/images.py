@@ -15,6 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # PIL's own default (~89.5 Mpx): beyond this a file is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 89_478_485
+# Larger image files are skipped unread: a multi-gigabyte "image" would exhaust a worker's memory.
+DEFAULT_MAX_BYTES = 256 * 2**20
 
 
 class SkipImage(Exception):
@@ -33,6 +35,7 @@ class ImageOptions:
     min_side: int = 16
     jpeg_quality: int = 90
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         if self.max_side < 1:
@@ -43,6 +46,8 @@ class ImageOptions:
             raise ValueError(f"jpeg_quality: must be in [1, 100], got {self.jpeg_quality}; pick e.g. 90")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels: must be >= 1, got {self.max_pixels}; pass a pixel count")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes: must be >= 1, got {self.max_bytes}; pass a file size in bytes")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import braceexpand
 KINDS = ("jsonl", "csv", "parquet", "folder", "shards")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 AUTO_CAPTION_COLUMNS = ("captions", "caption", "text", "txt")
+MAX_METADATA_BYTES = 2**20  # a txt/json member larger than this in an input shard is not read
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -42,6 +43,10 @@ class ImageRef:
                 return handle.read()
             handle.seek(self.offset)
             return handle.read(self.size)
+
+    def byte_size(self) -> int:
+        """Size of the image in bytes without reading it; raises OSError when the file is gone."""
+        return os.path.getsize(self.path) if self.offset < 0 else self.size
 
     def describe(self) -> str:
         return self.path if self.offset < 0 else f"{self.path}@{self.offset}"
@@ -384,6 +389,7 @@ def _read_shards(path: str, columns: Columns, skipped: Counter) -> Iterator[Sour
         tar_path = str(Path(tar_path).resolve())
         groups: dict[str, tuple[dict[str, tarfile.TarInfo], dict[str, bytes]]] = {}
         conflicts: set[str] = set()
+        oversized: set[str] = set()
         try:
             with tarfile.open(tar_path, "r") as archive:
                 for member in archive:
@@ -395,12 +401,16 @@ def _read_shards(path: str, columns: Columns, skipped: Counter) -> Iterator[Sour
                         conflicts.add(key)
                     members[extension] = member
                     if extension in ("txt", "json"):  # small metadata: read now, images later
+                        if member.size > MAX_METADATA_BYTES:  # a caption of gigabytes: never loaded
+                            oversized.add(key)
+                            continue
                         texts[extension] = archive.extractfile(member).read()
         except (tarfile.TarError, OSError):
             skipped["corrupt_shard"] += 1
         skipped["key_conflict"] += len(conflicts)
+        skipped["too_large"] += len(oversized - conflicts)
         for key, (members, texts) in groups.items():
-            if key not in conflicts:
+            if key not in conflicts and key not in oversized:
                 yield _shard_row(tar_path, key, members, texts, columns)
 
 

@@ -179,3 +179,26 @@ def test_shard_manifest_pointing_outside_its_folder_is_refused(tmp_path: Path) -
     (shards / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"manifest.json lists '../elsewhere/other.tar', outside"):
         build_shards([str(shards)], str(tmp_path / "out"), **FAST)
+
+
+def test_oversized_members_and_files_are_skipped_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data import sources
+
+    image(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a")
+    image(tmp_path / "b.png", (0, 0, 200))
+    (tmp_path / "b.txt").write_text("b " * 2**20)  # a 2 MiB caption member
+    tar = tmp_path / "big.tar"
+    with tarfile.open(tar, "w") as archive:
+        for name in ("a.png", "a.txt", "b.png", "b.txt"):
+            archive.add(tmp_path / name, arcname=name)
+    stats = build_shards([str(tar)], str(tmp_path / "out_tar"), **FAST)
+    assert stats["kept"] == 1 and stats["skipped"]["too_large"] == 1
+
+    huge = image(tmp_path / "folder" / "huge.png")
+    (tmp_path / "folder" / "huge.txt").write_text("huge")
+    real_read = sources.ImageRef.read
+    monkeypatch.setattr(sources.ImageRef, "read", lambda ref: (_ for _ in ()).throw(AssertionError("read"))
+                        if ref.path == str(huge) else real_read(ref))
+    stats = build_shards([str(tmp_path / "folder")], str(tmp_path / "out_big"), max_bytes=huge.stat().st_size - 1, **FAST)
+    assert stats["kept"] == 0 and stats["skipped"]["too_large"] == 1
