@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -203,8 +204,58 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
             candidates.append(resolve_checkpoint_dir(path) / MODEL_CONFIG)
     for candidate in candidates:
         if candidate.is_file():
-            return json.loads(candidate.read_text())
+            try:
+                config = json.loads(candidate.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise CheckpointError(f"{candidate} is not valid JSON ({error}); restore it from the run's "
+                                      "checkpoint or pass the model name with --model") from None
+            if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+                raise CheckpointError(f"{candidate} has no model_cfg mapping; restore it or pass the model name with --model")
+            check_model_config(config["model_cfg"], str(candidate))
+            return config
     raise CheckpointError(f"no {MODEL_CONFIG} found for {path}; pass the model name with --model")
+
+
+MAX_PARAMETERS = 2e10  # ten times ViT-bigG: beyond this a config is a typo or an attack, not a model
+
+
+def _numbers(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def estimated_parameters(model_cfg: dict[str, Any]) -> float:
+    """A rough count (transformer blocks, embeddings, position tables) for refusing absurd sizes."""
+    def size(tower: Any, name: str) -> float:
+        value = tower.get(name, 0) if isinstance(tower, dict) else 0
+        return float(sum(value) if isinstance(value, list) else value or 0)
+
+    total = 2 * size(model_cfg, "embed_dim") ** 2
+    for tower in (model_cfg.get("vision_cfg"), model_cfg.get("text_cfg")):
+        width = size(tower, "width")
+        total += 12 * width**2 * size(tower, "layers")
+        total += width * (size(tower, "vocab_size") + size(tower, "context_length"))
+        patch = max(size(tower, "patch_size"), 1.0)
+        total += width * (size(tower, "image_size") / patch) ** 2
+    return total
+
+
+def check_model_config(model_cfg: dict[str, Any], source: str) -> None:
+    """Refuses (one line) a model config with a non-finite number, or whose sizes add up to an
+    absurd model: building it would exhaust memory or hang instead of failing."""
+    for number in _numbers(model_cfg):
+        if not math.isfinite(number):
+            raise CheckpointError(f"{source}: model config holds {number}, not a finite number; fix the config")
+    estimate = estimated_parameters(model_cfg)
+    if estimate > MAX_PARAMETERS:
+        raise CheckpointError(f"{source}: model config describes ~{estimate:.1e} parameters (limit {MAX_PARAMETERS:.0e}); "
+                              "its widths, layers or image size are absurd: fix the config")
 
 
 # --- consolidation and export ---------------------------------------------------------------------

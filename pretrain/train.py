@@ -246,12 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
+        import open_clip
+
+        ckpt.check_model_config(open_clip.get_model_config(cfg.model.name) or {}, f"model.name {cfg.model.name}")
         if cfg.model.pretrained is not None:
             from pretrain.model import resolve_pretrained
 
             ckpt.check_weights_file(resolve_pretrained(cfg.model.name, cfg.model.pretrained)[0])
     except (ckpt.CheckpointError, ValueError) as error:
-        print(f"error: model.pretrained: {error}", file=sys.stderr)
+        print(f"error: model: {error}", file=sys.stderr)
         return 2
     _received.clear()
     with preemption_signals():

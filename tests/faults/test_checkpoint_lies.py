@@ -136,3 +136,38 @@ def test_plain_state_dicts_are_accepted(tmp_path):
     save_file({"w": torch.ones(2)}, str(tmp_path / "w.safetensors"))
     check_weights_file(tmp_path / "wrapped.pt")
     check_weights_file(tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda cfg: cfg["vision_cfg"].update(width=10**7), r"parameters \(limit"),
+    (lambda cfg: cfg["text_cfg"].update(layers=10**6), r"parameters \(limit"),
+    (lambda cfg: cfg["vision_cfg"].update(image_size=10**7, patch_size=1), r"parameters \(limit"),
+    (lambda cfg: cfg.update(embed_dim=float("inf")), "not a finite number"),
+])
+def test_model_config_with_absurd_sizes_is_refused(change, expected, tmp_path):
+    import open_clip
+
+    import pretrain.model  # noqa: F401 - registers clip-tiny
+    from pretrain.checkpoint import MODEL_CONFIG, read_model_config
+
+    model_cfg = json.loads(json.dumps(open_clip.get_model_config("clip-tiny")))
+    (tmp_path / MODEL_CONFIG).write_text(json.dumps({"model_name": "clip-tiny", "model_cfg": model_cfg}))
+    assert read_model_config(tmp_path)["model_cfg"] == model_cfg
+    change(model_cfg)
+    (tmp_path / MODEL_CONFIG).write_text(json.dumps({"model_name": "clip-tiny", "model_cfg": model_cfg}))
+    with pytest.raises(CheckpointError, match=expected) as info:
+        read_model_config(tmp_path)  # today: returned, and eval then tried to allocate the model
+    assert "\n" not in str(info.value)
+    (tmp_path / MODEL_CONFIG).write_text('{"model_name": "clip-tiny", "model_cfg": {')
+    with pytest.raises(CheckpointError, match="is not valid JSON"):
+        read_model_config(tmp_path)
+
+
+def test_corrupt_pretrained_file_is_one_line_before_any_work(tmp_path, capsys):
+    from pretrain.train import main
+
+    bad = _write("pickled_payload", tmp_path / "weights.pt")
+    code = main(["--config", "pretrain/configs/smoke.yaml", f"run_dir={tmp_path / 'run'}", f"model.pretrained={bad}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: model: refusing to load") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
