@@ -46,7 +46,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from data.decode import decode_image, resize_target
-from data.masking import mask_tokens
+from data.masking import IGNORE_INDEX, mask_tokens
 from data.shards import (
     Shard, Source, derive_seed, epoch_order, rank_shard_count, resolve_sources, slot_shards,
 )
@@ -366,7 +366,7 @@ class StreamDataset(IterableDataset):
                                " check the shards")
 
     def _collate(self, images: list, captions: list[str], keys: list[str], worker: int, cursor: int) -> dict:
-        """images [B, 3, H, W], texts [B, L] (+ mlm_input_ids, mlm_labels [B, L])."""
+        """images [B, 3, H, W], texts [B, L] (+ mlm_input_ids, mlm_labels [B, L], mlm_positions [M])."""
         texts = self.tokenizer(captions)
         batch = {"images": torch.stack(images), "texts": texts, "keys": list(keys)}
         if self.mask is not None:
@@ -376,6 +376,9 @@ class StreamDataset(IterableDataset):
             batch["mlm_input_ids"], batch["mlm_labels"] = mask_tokens(
                 texts, mask_token_id=self.mask.mask_token_id, vocab_size=self.mask.vocab_size,
                 special_ids=self.mask.special_ids, generator=generator, probability=self.mask.probability)
+            # Flat indices of the masked tokens, found here on the CPU: the model gathers them with
+            # an index tensor, where a boolean mask on the device would need a blocking size read.
+            batch["mlm_positions"] = (batch["mlm_labels"].flatten() != IGNORE_INDEX).nonzero().flatten()
         return batch
 
 
@@ -390,10 +393,11 @@ class StreamingLoader:
 
     STATE_VERSION = 1
 
-    def __init__(self, plan: StreamPlan, dataset_args: dict, batch_size: int, prefetch_factor: int,
-                 use_processes: bool) -> None:
-        self.plan, self.batch_size = plan, batch_size
+    def __init__(self, plan: StreamPlan, dataset_args: dict, prefetch_factor: int, use_processes: bool,
+                 pin_memory: bool = False) -> None:
+        self.plan = plan
         self._dataset_args, self._prefetch_factor, self._use_processes = dataset_args, prefetch_factor, use_processes
+        self._pin_memory = pin_memory
         self._states = [WorkerState() for _ in range(plan.num_slots)]
         self._batches = 0
 
@@ -430,7 +434,8 @@ class StreamingLoader:
                                 batches_handed_out=self._batches, **self._dataset_args)
         if self._use_processes:
             stream: Iterable[dict] = DataLoader(dataset, batch_size=None, num_workers=self.plan.num_slots,
-                                                prefetch_factor=self._prefetch_factor, in_order=True)
+                                                prefetch_factor=self._prefetch_factor, in_order=True,
+                                                pin_memory=self._pin_memory)
         else:
             stream = dataset
         for batch in stream:
@@ -444,13 +449,20 @@ class StreamingLoader:
         self._states[expected] = WorkerState(meta["cursor"], meta["epoch"], dict(meta["skipped"]))
         self._batches += 1
 
-    def state_dict(self) -> dict:
-        """Plain ints/strs/lists (safe for torch.save with weights_only loading)."""
+    def position(self) -> tuple:
+        """An O(workers) snapshot of where the stream stands, for ``state_dict(position)`` later
+        (a consumer that fetches ahead saves the position of the last batch it really used)."""
+        return tuple(self._states), self._batches
+
+    def state_dict(self, position: tuple | None = None) -> dict:
+        """Plain ints/strs/lists (safe for torch.save with weights_only loading); at ``position``
+        (from ``position()``) or after the last batch handed out."""
+        states, batches = position if position is not None else self.position()
         return {
             "version": self.STATE_VERSION, "mode": self.plan.mode, "seed": self.plan.seed, "rank": self.plan.rank,
             "world_size": self.plan.world_size, "num_slots": self.plan.num_slots,
             "shards": len(self.plan.all_shards), "shard_digest": derive_seed([s.url for s in self.plan.all_shards]),
-            "batches": self._batches, "workers": [state.to_dict() for state in self._states],
+            "batches": batches, "workers": [state.to_dict() for state in states],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -476,8 +488,14 @@ def build_loader(
     mlm_probability: float | None = None,
     mask_token_id: int | None = None,
     vocab_size: int | None = None,
+    pin_memory: bool = False,
 ) -> StreamingLoader:
-    """The streaming loader of ``rank`` (batches of ``batch_size`` for this rank)."""
+    """The streaming loader of ``rank`` (batches of ``batch_size`` for this rank).
+
+    Images come out as ``preprocess`` makes them: the trainer passes a transform ending in uint8
+    (data.device.split_normalize) and normalises on the device. ``pin_memory``: the DataLoader
+    pins batches for asynchronous copies to CUDA.
+    """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: must be an int >= 1, got {batch_size!r}")
     if not 0 <= rank < world_size:
@@ -489,7 +507,7 @@ def build_loader(
                             resize_target(preprocess) if cfg.fast_decode else None)
     mask = _mask_spec(tokenizer, mlm_probability, mask_token_id, vocab_size)
     dataset_args = {"decoder": decoder, "tokenizer": tokenizer, "batch_size": batch_size, "mask": mask}
-    return StreamingLoader(plan, dataset_args, batch_size, cfg.prefetch_factor, use_processes=cfg.workers > 0)
+    return StreamingLoader(plan, dataset_args, cfg.prefetch_factor, use_processes=cfg.workers > 0, pin_memory=pin_memory)
 
 
 def _num_slots(cfg: DataConfig, sources: Sequence[Source], rank: int, world_size: int) -> int:

@@ -212,12 +212,13 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     """
     if logits.shape[:2] != labels.shape:
         raise ValueError(f"mlm_labels: shape {tuple(labels.shape)} does not match mlm_logits {tuple(logits.shape)}")
-    selected = labels != IGNORE_INDEX
+    # ignore_index and a masked count instead of boolean indexing: no data-dependent shapes, so
+    # nothing is read back from the device (the model already projects only masked rows).
+    flat_logits, flat_labels = logits.flatten(0, 1).float(), labels.flatten()
+    selected = flat_labels != IGNORE_INDEX
     count = selected.sum().clamp(min=1)
-    flat_logits = logits[selected].float()  # [N, V], only masked rows (saves the softmax over pads)
-    flat_labels = labels[selected]
-    loss = F.cross_entropy(flat_logits, flat_labels, reduction="sum") / count
-    accuracy = (flat_logits.argmax(dim=-1) == flat_labels).sum().float() / count
+    loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum") / count
+    accuracy = ((flat_logits.argmax(dim=-1) == flat_labels) & selected).sum().float() / count
     return loss, accuracy.detach()
 
 

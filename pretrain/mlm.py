@@ -95,12 +95,12 @@ class TextMLM(nn.Module):
         _register_external(self, text.token_embedding.weight)
 
     def forward(self, clip: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids [B, L] (mask id = vocab_size) -> logits [B, L, V], or [M, V] at the M positions
-        where the bool mask `positions` [B, L] is set (the vocabulary projection is the big tensor:
-        at B=256, L=77 the full [B, L, V] would take ~3.9 GB in fp32)."""
+        """input_ids [B, L] (mask id = vocab_size; ids are not range-checked here, that would read
+        the device: data.masking makes them) -> logits [B, L, V], or [M, V] at M positions given as
+        flat indices into B*L (int64 [M], what the loader sends: no device sync) or as a bool mask
+        [B, L]. The vocabulary projection is the big tensor: at B=256, L=77 the full [B, L, V]
+        would take ~3.9 GB in fp32."""
         text = text_tower_parts(clip)
-        if input_ids.max() > self.mask_token_id or input_ids.min() < 0:
-            raise ValueError(f"mlm_input_ids: ids must be in [0, {self.mask_token_id}] ({self.mask_token_id} = [MASK])")
         cast_dtype = text.transformer.get_cast_dtype()
         is_mask = input_ids == self.mask_token_id
         # Call the embedding module (not .weight[ids]) so ZeRO-3 gathers it in its own hook.
@@ -112,7 +112,7 @@ class TextMLM(nn.Module):
         x = text.transformer(x, attn_mask=attn_mask)
         x = text.ln_final(x)
         if positions is not None:
-            x = x[positions]
+            x = x[positions] if positions.dtype == torch.bool else x.flatten(0, 1).index_select(0, positions)
         return self.head(x, text.token_embedding.weight)
 
 

@@ -43,6 +43,7 @@ class ModelConfig:
     lock_text: bool = False
     lock_text_unlocked_groups: int = 0
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile each tower (nn.Module.compile: state-dict keys unchanged)
 
     def __post_init__(self) -> None:
         if open_clip.get_model_config(self.name) is None:
@@ -50,7 +51,7 @@ class ModelConfig:
             raise ValueError(f"name: unknown model {self.name!r}; use e.g. {known} (open_clip.list_models() has all)")
         if "multimodal_cfg" in open_clip.get_model_config(self.name):
             raise ValueError(f"name: {self.name!r} is a CoCa model (captioning decoder); pick a CLIP/SigLIP architecture")
-        for field in ("lock_image", "lock_text", "grad_checkpointing"):
+        for field in ("lock_image", "lock_text", "grad_checkpointing", "compile"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"{field}: must be true or false, got {getattr(self, field)!r}")
         for field in ("lock_image_unlocked_groups", "lock_text_unlocked_groups"):
@@ -131,11 +132,14 @@ class DualEncoder(nn.Module):
         texts: torch.Tensor | None = None,
         mlm_input_ids: torch.Tensor | None = None,
         mlm_labels: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """images [B, 3, H, W], texts [B, L], mlm_input_ids [B, L] -> dict:
         image_features / text_features [B, D] (L2-normalised) or None, logit_scale [1] (raw log),
         logit_bias [1] or None, mlm_logits [B, L, V] when mlm_input_ids is given, or only at the
-        M masked positions ([M, V], with "mlm_targets" [M]) when mlm_labels [B, L] is given too."""
+        M masked positions ([M, V], with "mlm_targets" [M]) when mlm_labels [B, L] is given too.
+        mlm_positions: int64 [M] flat indices of those positions (the loader sends them; without
+        them they are found from mlm_labels, which reads the device once)."""
         # Always through the open_clip module's own forward: ZeRO-3 gathers weights in its hooks.
         out = self.clip(images, texts)
         # clone(): returning a Parameter itself from the root forward confuses ZeRO-3's hooks.
@@ -152,9 +156,10 @@ class DualEncoder(nn.Module):
             if mlm_labels is None:
                 result["mlm_logits"] = self.mlm(self.clip, mlm_input_ids)
             else:
-                masked = mlm_labels != -100
-                result["mlm_logits"] = self.mlm(self.clip, mlm_input_ids, masked)
-                result["mlm_targets"] = mlm_labels[masked]
+                if mlm_positions is None:
+                    mlm_positions = (mlm_labels.flatten() != -100).nonzero().flatten()
+                result["mlm_logits"] = self.mlm(self.clip, mlm_input_ids, mlm_positions)
+                result["mlm_targets"] = mlm_labels.flatten().index_select(0, mlm_positions)
         return result
 
     @property
@@ -215,7 +220,19 @@ def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> DualEncoder:
         clip.lock_text_tower(unlocked_layers=model_cfg.lock_text_unlocked_groups)
     if model_cfg.grad_checkpointing:
         clip.set_grad_checkpointing(True)
+    if model_cfg.compile:
+        for tower in towers(clip):
+            tower.compile()  # in place: parameter names, checkpoints and exports stay as they are
     return DualEncoder(clip, model_cfg.name, mlm=loss_cfg.mlm_enabled)
+
+
+def towers(clip: nn.Module) -> list[nn.Module]:
+    """The image tower and the text transformer stack (what torch.compile gets under model.compile).
+
+    Compiling each tower rather than the whole DualEncoder keeps the all-gather and the loss out
+    of the graph, and the MLM pass reuses the compiled text transformer."""
+    text = getattr(clip, "text", None) or clip.transformer
+    return [clip.visual, text]
 
 
 def parameter_counts(name: str) -> dict[str, int]:

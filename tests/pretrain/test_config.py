@@ -86,8 +86,21 @@ def test_deepspeed_config_follows_our_config():
     ds = deepspeed_config(cfg, world_size=2)
     assert ds["train_batch_size"] == 24 == cfg.global_batch(2)
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
-    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
-    assert ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 0.5
+    # Precision through autocast only: DeepSpeed's bf16/fp16 sections would cast the weights.
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bf16", "lower_precision_safe_modules": []}
+    assert "bf16" not in ds and "fp16" not in ds
+    assert ds["timers"]["throughput"]["enabled"] is False
+    # At stage 0 the train step clips (on the device); DeepSpeed must not clip a second time.
+    assert deepspeed_config(load("zero.stage=0", "optim.grad_clip=0.5"), world_size=2)["gradient_clipping"] == 0
+    assert "torch_autocast" not in deepspeed_config(load("precision=fp32"), world_size=1)
+
+
+def test_fp16_with_zero_clipping_is_refused():
+    with pytest.raises(ConfigError, match="config key precision: fp16 with zero.stage >= 1"):
+        load("precision=fp16", "zero.stage=2", "optim.grad_clip=1.0")
+    load("precision=fp16", "zero.stage=2", "optim.grad_clip=0")
+    load("precision=fp16", "zero.stage=0", "optim.grad_clip=1.0")
 
 
 def test_lr_schedule_warmup_then_cosine():
