@@ -210,10 +210,8 @@ class FeatureCache:
         self.model_id: str | None = None
         self.entries: dict[str, ImageFeatures] = {}
 
-    def get(self, model_id: str | None, key: dict, compute: Callable[[], ImageFeatures],
+    def get(self, model_id: str, key: dict, compute: Callable[[], ImageFeatures],
             cache_dir: str | Path | None = None) -> ImageFeatures:
-        if model_id is None:
-            return compute()
         if model_id != self.model_id:
             self.model_id, self.entries = model_id, {}
         digest = hashlib.sha1(json.dumps([model_id, key], sort_keys=True, default=str).encode()).hexdigest()[:16]

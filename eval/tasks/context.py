@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,19 +27,22 @@ class TaskContext:
     device: str | torch.device = "cpu"
     batch_size: int = 64
     workers: int = 0
-    model_id: str | None = None  # identifies the weights; None disables caching
+    model_id: str | None = None  # identifies the weights; None: no caching beyond this context
     cache_dir: str | Path | None = None
     progress: bool = True
     notes: list[str] = field(default_factory=list)
+    # Without a model_id, features are still shared between the tasks of one context (one suite run).
+    run_id: str = field(default_factory=lambda: f"unnamed-{uuid.uuid4().hex}")
 
     def image_features(self, dataset: EvalDataset, kind: str, max_samples: int | None,
                        extra: dict | None = None) -> ImageFeatures:
         """Features of `dataset`, computed once per (model_id, kind, data, split, max_samples)."""
         key = {"kind": kind, "data": dataset.name, "split": dataset.split, "max_samples": max_samples,
                **(extra or {})}
-        return FEATURES.get(self.model_id, key, lambda: extract_image_features(
+        return FEATURES.get(self.model_id or self.run_id, key, lambda: extract_image_features(
             self.encoder, dataset.records, batch_size=self.batch_size, workers=self.workers,
-            max_samples=max_samples, desc=f"{kind} {dataset.name}", progress=self.progress), self.cache_dir)
+            max_samples=max_samples, desc=f"{kind} {dataset.name}", progress=self.progress),
+            self.cache_dir if self.model_id is not None else None)
 
     def classifier(self, classnames: list[str], templates: list[str]) -> torch.Tensor:
         """Zero-shot classifier [D, C], reused per (model_id, classnames, templates)."""
