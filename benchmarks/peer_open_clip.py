@@ -1,7 +1,7 @@
-"""Runs open_clip_train (the peer in `python -m pretrain.bench`) with two workarounds, math unchanged.
+"""Runs open_clip_train (the peer in `python -m benchmarks.train_bench`) with two workarounds, math unchanged.
 
-    python -m pretrain.bench_peer [open_clip_train.main arguments ...]
-    python -m pretrain.bench_peer --argv-json FILE   # FILE: a JSON list of those arguments
+    python -m benchmarks.peer_open_clip [open_clip_train.main arguments ...]
+    python -m benchmarks.peer_open_clip --argv-json FILE   # FILE: a JSON list of those arguments
 
 The second form exists for torchrun: its parser matches abbreviations anywhere on the command line,
 so a peer option such as `--logs` would be taken as an ambiguous `--logs-specs`.
@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator
 import open_clip
 import torch
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "pretrain" / "model_configs"
 PEAK_MEMORY_PREFIX = "bench_peer: peak_memory_mb="
 
 

@@ -1,4 +1,4 @@
-"""pretrain.bench: open_clip_train log parsing, the throughput rule, and an end-to-end smoke run."""
+"""benchmarks.train_bench: open_clip_train log parsing, the throughput rule, and an end-to-end smoke run."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pretrain import bench
+from benchmarks import train_bench as bench
 from tests.pretrain.runner import run_module
 
 # Lines as open_clip_train/train.py's logging.info writes them (logger format "%(asctime)s | %(levelname)s | ..."),
@@ -46,7 +46,7 @@ def test_summarize_without_timed_steps_is_a_clear_error() -> None:
 
 
 def test_too_few_samples_is_rejected() -> None:
-    result = run_module(["-m", "pretrain.bench", "--samples", "64", "--batch-size", "32"], check=False)
+    result = run_module(["-m", "benchmarks.train_bench", "--samples", "64", "--batch-size", "32"], check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --samples:")
 
@@ -54,7 +54,7 @@ def test_too_few_samples_is_rejected() -> None:
 @pytest.mark.slow
 def test_bench_end_to_end(tmp_path) -> None:
     out = tmp_path / "bench.json"
-    args = ["-m", "pretrain.bench", "--samples", "256", "--batch-size", "32", "--stages", "0,2", "--out", str(out)]
+    args = ["-m", "benchmarks.train_bench", "--samples", "256", "--batch-size", "32", "--stages", "0,2", "--out", str(out)]
     result = run_module(args, timeout=240)  # ~2 min on 2 shared cores
     text = result.stdout
     assert re.search(r"^ours \(pretrain\.train\)\s+\d+\.\d", text, re.M), text

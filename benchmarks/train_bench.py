@@ -1,6 +1,6 @@
 """Training throughput: our trainer vs open_clip_train, and our ZeRO stages 0-3, on the same run.
 
-    python -m pretrain.bench [--shards SPEC] [--model clip-tiny] [--batch-size 64] [--samples 640]
+    python -m benchmarks.train_bench [--shards SPEC] [--model clip-tiny] [--batch-size 64] [--samples 640]
                              [--nproc N] [--precision fp32|bf16] [--workers 1] [--stages 0,1,2,3]
                              [--out results.json] [--skip-peer] [--peak-tflops 989]
 
@@ -9,7 +9,7 @@ budget, optimizer settings (AdamW lr 5e-4, wd 0.1, betas 0.9/0.98, eps 1e-6, gra
 2 warmup steps then cosine) and loss (CLIP InfoNCE over the batch gathered from every rank with
 gradients, local_loss off), one data worker per process and the same OMP_NUM_THREADS. Ours runs
 `pretrain.train` under torchrun (zero.stage=0 for the head-to-head, no checkpoints or export);
-theirs runs `open_clip_train.main` through `pretrain.bench_peer` (model configs registered, a
+theirs runs `open_clip_train.main` through `benchmarks.peer_open_clip` (model configs registered, a
 webdataset end-of-shard fix; see that module).
 
 Throughput rule (both trainers): each optimizer step's samples/s = global batch / step wall time,
@@ -45,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "pretrain" / "configs" / "smoke.yaml"
 LR, WEIGHT_DECAY, BETA1, BETA2, EPS, GRAD_CLIP, WARMUP_STEPS = 5e-4, 0.1, 0.9, 0.98, 1e-6, 1.0, 2
-PEAK_MEMORY_PREFIX = "bench_peer: peak_memory_mb="  # printed by pretrain.bench_peer
+PEAK_MEMORY_PREFIX = "bench_peer: peak_memory_mb="  # printed by benchmarks.peer_open_clip
 _FLOAT = r"[0-9.]+(?:[eE][+-]?[0-9]+)?"
 # open_clip_train/train.py: f"... Batch (t): {avg:.3f}, {samples_per_second:#g}/s, {per_gpu:#g}/s/gpu ..."
 PEER_STEP = re.compile(
@@ -198,7 +198,7 @@ def run_theirs(settings: BenchSettings, work: Path) -> RunResult:
     ]
     argv_file = work / "peer-argv.json"  # not on the command line: torchrun would claim `--logs`
     argv_file.write_text(json.dumps(args))
-    command = [*launcher(settings.nproc), "-m", "pretrain.bench_peer", "--argv-json", str(argv_file)]
+    command = [*launcher(settings.nproc), "-m", "benchmarks.peer_open_clip", "--argv-json", str(argv_file)]
     log_path = work / f"{name}.log"
     process_s = run_logged(
         name, command, log_path, child_env(settings), lambda: len(parse_peer_log(log_path.read_text(errors="replace")))
@@ -225,7 +225,7 @@ def flops_per_sample(model_name: str, batch_size: int, device: str, precision: s
     from open_clip.loss import ClipLoss
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pretrain.bench_peer import MODEL_CONFIG_DIR
+    from benchmarks.peer_open_clip import MODEL_CONFIG_DIR
 
     open_clip.add_model_config(MODEL_CONFIG_DIR)
     model = open_clip.create_model(model_name, device=device)
@@ -283,7 +283,7 @@ def _mem(value: float | None) -> str:
 def render(settings: BenchSettings, info: dict, ours: RunResult, theirs: RunResult | None,
            stages: list[RunResult], flops: float | None, peak_tflops: float | None) -> str:
     out = [
-        f"pretrain.bench  {info['date']}",
+        f"benchmarks.train_bench  {info['date']}",
         f"machine: {info['device']}, {info['cpu_count']} CPUs, {info['gpus']} GPUs, load avg {info['load_average_1m']}; "
         f"torch {info['torch']}, open_clip {info['open_clip']}, deepspeed {info['deepspeed']}",
         f"run: model {settings.model}, batch {settings.batch_size}/process x {settings.nproc} process(es), "
@@ -331,7 +331,7 @@ def _h2h_row(result: RunResult, flops: float | None, peak_tflops: float | None, 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(prog="python -m pretrain.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", help="shard spec (dir with manifest.json, brace pattern, .tar); default: generated demo shards")
     parser.add_argument("--model", default="ViT-B-32" if cuda else "clip-tiny")
     parser.add_argument("--batch-size", type=int, default=256 if cuda else 64, help="per process")

@@ -1,6 +1,6 @@
 """Loader throughput: our StreamingLoader vs open_clip_train's get_wds_dataset on the same shards.
 
-    python -m data.bench [--shards SPEC] [--model ViT-B-32] [--batches N] [--batch-size B] [--workers 1,2]
+    python -m benchmarks.loader_bench [--shards SPEC] [--model ViT-B-32] [--batches N] [--batch-size B] [--workers 1,2]
 
 Both pipelines get the model's training transform and tokenizer; images/s is measured over
 ``--batches`` batches after a first (warm-up) batch, which absorbs worker start-up and the
@@ -106,7 +106,7 @@ def theirs(spec: str, workers: int, args: argparse.Namespace, preprocess, tokeni
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loader_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--shards", help="shard spec (default: temporary synthetic 512 px shards)")
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model name (transform + tokenizer)")
     parser.add_argument("--batches", type=int, default=12, help="timed batches per configuration")

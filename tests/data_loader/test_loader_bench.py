@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from data import bench
+from benchmarks import loader_bench as bench
 from tests.data_loader.loader_helpers import write_shards
 
 
