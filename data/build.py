@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import braceexpand
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageOptions, ProcessedImage, SkipImage, content_digest, process_image
-from data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collect_samples
+from data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collect_samples, expand_braces
 
 SPLITS = ("train", "val")
 SKIP_REASONS = ("corrupt_image", "too_small", "too_large", "empty_caption", "duplicate",
@@ -263,7 +262,7 @@ def _remove_tmp_files(output: str) -> None:
 
 
 def _input_files(path: str) -> list[str]:
-    return list(braceexpand.braceexpand(path)) if "{" in path and ".." in path else [path]
+    return expand_braces(path) if "{" in path and ".." in path else [path]
 
 
 def check_output(output: str, inputs: Sequence[str]) -> None:

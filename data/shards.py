@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Sequence
 import braceexpand
 
 MANIFEST = "manifest.json"
+MAX_EXPANSION = 1_000_000  # shards one brace pattern may name (a typo like {0..999999999} would exhaust memory)
+_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?\}")
 SPLITS = ("train", "val")
 
 
@@ -120,6 +123,15 @@ def read_manifest(directory: Path, split: str, spec: str) -> list[Shard]:
     return shards
 
 
+def brace_size_bound(pattern: str) -> int:
+    """An upper bound on the names a brace pattern expands to (the product of its numeric ranges),
+    computed without expanding it."""
+    bound = 1
+    for start, stop, step in _RANGE.findall(pattern):
+        bound *= abs(int(stop) - int(start)) // max(abs(int(step or 1)), 1) + 1
+    return bound
+
+
 def resolve_spec(spec: str, split: str = "train") -> list[Shard]:
     """Expand one spec string into its shards (in a stable order)."""
     if not isinstance(spec, str) or not spec.strip():
@@ -131,6 +143,8 @@ def resolve_spec(spec: str, split: str = "train") -> list[Shard]:
         return read_manifest(Path(base), suffix, spec)
     if not _is_remote(spec) and Path(spec).is_dir():
         return read_manifest(Path(spec), split, spec)
+    if brace_size_bound(spec) > MAX_EXPANSION:  # braceexpand builds a whole range before yielding any name
+        raise ValueError(f"{spec}: the brace pattern names more than {MAX_EXPANSION} shards; check its ranges")
     try:
         urls = list(braceexpand.braceexpand(spec))
     except Exception as exn:  # braceexpand raises its own UnbalancedBracesError

@@ -21,6 +21,8 @@ from typing import Any
 
 import braceexpand
 
+from data.shards import brace_size_bound
+
 KINDS = ("jsonl", "csv", "parquet", "folder", "shards")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 AUTO_CAPTION_COLUMNS = ("captions", "caption", "text", "txt")
@@ -120,9 +122,19 @@ def detect_kind(path: str) -> str:
     raise ValueError(f"--input {path}: cannot tell its kind from the name; pass --input-kind one of {', '.join(KINDS)}")
 
 
+MAX_EXPANSION = 1_000_000  # files one brace pattern may name: {0..999999999} is a typo, not a data set
+
+
+def expand_braces(path: str) -> list[str]:
+    """The files a brace pattern names; refuses patterns naming more than MAX_EXPANSION."""
+    if brace_size_bound(path) > MAX_EXPANSION:  # braceexpand builds a whole range before yielding
+        raise ValueError(f"--input {path}: the brace pattern names more than {MAX_EXPANSION} files; check its ranges")
+    return list(braceexpand.braceexpand(path))
+
+
 def check_input_exists(path: str) -> None:
     if "{" in path and ".." in path:
-        missing = [p for p in braceexpand.braceexpand(path) if not os.path.exists(p)]
+        missing = [p for p in expand_braces(path) if not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(f"--input {path}: shard {missing[0]} not found; check the pattern")
     elif not os.path.exists(path):
@@ -335,7 +347,7 @@ def _read_folder(path: str, columns: Columns, skipped: Counter) -> Iterator[Sour
 def shard_files(path: str) -> list[str]:
     """Tar files of a shard input: a .tar, a brace pattern, or a directory (manifest.json first)."""
     if "{" in path and ".." in path:
-        return list(braceexpand.braceexpand(path))
+        return expand_braces(path)
     if os.path.isdir(path):
         manifest = os.path.join(path, "manifest.json")
         if os.path.isfile(manifest):

@@ -142,13 +142,18 @@ _TAG = re.compile(r"^step_\d{8}$")
 SUPERSEDED = "superseded"
 
 
+def _read_latest(latest_file: Path) -> str:
+    with latest_file.open("rb") as handle:  # a tag is 13 bytes; never read a huge planted file whole
+        return handle.read(256).decode("utf-8", errors="replace").strip()
+
+
 def latest_tag(checkpoints_dir: Path) -> str | None:
     """Tag named by `latest` if it is a step_* dir of `checkpoints_dir` and complete, else None
     (a `latest` naming a path elsewhere never resolves outside the run directory)."""
     latest_file = checkpoints_dir / LATEST
     if not latest_file.is_file():
         return None
-    tag = latest_file.read_text(errors="replace").strip()
+    tag = _read_latest(latest_file)
     return tag if _TAG.match(tag) and (checkpoints_dir / tag / COMPLETE).is_file() else None
 
 
@@ -169,7 +174,7 @@ def resume_tag(checkpoints_dir: Path) -> str | None:
     complete = complete_tags(checkpoints_dir)
     if not latest_file.is_file():
         return complete[-1] if complete else None
-    tag = latest_file.read_text(errors="replace").strip()
+    tag = _read_latest(latest_file)
     if latest_tag(checkpoints_dir) == tag:
         return tag
     what = "is not a step_NNNNNNNN tag in this directory" if not _TAG.match(tag) else "has no complete checkpoint dir"

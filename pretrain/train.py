@@ -175,10 +175,16 @@ def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Pat
     """Engine, counters, this rank's loader cursor and RNG state from `checkpoint_dir`."""
     check_resumable(checkpoint_dir, cfg, dist)
     client = checkpointer.load(engine, checkpoint_dir)
-    state.load_state_dict(client["train_state"])
-    mine = client["ranks"][dist.rank]
-    loader.load_state_dict(mine["loader"])
-    set_rng_state(mine["rng"])
+    try:
+        state.load_state_dict(client["train_state"])
+        mine = client["ranks"][dist.rank]
+        loader.load_state_dict(mine["loader"])
+        set_rng_state(mine["rng"])
+    except (KeyError, IndexError, TypeError) as error:
+        raise ckpt.CheckpointError(
+            f"checkpoint {checkpoint_dir} lacks a usable training state ({type(error).__name__}: {error}); "
+            "it was not written by pretrain.train for this run: resume from another step_* dir"
+        ) from None
     newer = [tag for tag in ckpt.complete_tags(checkpointer.dir) if tag > ckpt.tag_for_step(state.step)]
     if newer and dist.is_main:
         print(f"warning: resuming from step {state.step} while {checkpointer.dir} holds newer checkpoints "

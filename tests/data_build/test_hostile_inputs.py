@@ -202,3 +202,8 @@ def test_oversized_members_and_files_are_skipped_unread(tmp_path: Path, monkeypa
                         if ref.path == str(huge) else real_read(ref))
     stats = build_shards([str(tmp_path / "folder")], str(tmp_path / "out_big"), max_bytes=huge.stat().st_size - 1, **FAST)
     assert stats["kept"] == 0 and stats["skipped"]["too_large"] == 1
+
+
+def test_brace_pattern_naming_a_billion_files_is_refused_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"names more than 1000000 files"):
+        build_shards([str(tmp_path / "x-{000000000..999999999}.tar")], str(tmp_path / "out"), **FAST)

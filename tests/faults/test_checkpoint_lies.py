@@ -171,3 +171,25 @@ def test_corrupt_pretrained_file_is_one_line_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: model: refusing to load") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("client_state", [{}, {"train_state": {"step": 3}, "ranks": []},
+                                          {"train_state": {"step": 3}, "ranks": [{"loader": {}}]}])
+def test_checkpoint_without_a_training_state_is_refused_in_one_line(client_state, tmp_path):
+    from pretrain.state import TrainState
+    from pretrain.train import restore
+
+    class Loaded:
+        dir = tmp_path
+
+        def load(self, engine, checkpoint_dir):
+            return client_state
+
+    class Loader:
+        def load_state_dict(self, state):
+            state["cursor"]  # the real loader reads its fields the same way
+
+    with pytest.raises(CheckpointError, match=r"lacks a usable training state") as info:
+        restore(None, Loader(), TrainState(), Loaded(), tmp_path, None, ONE_PROCESS)  # today: a KeyError traceback
+    assert "\n" not in str(info.value)
+

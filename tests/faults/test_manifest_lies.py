@@ -54,3 +54,12 @@ def test_count_that_is_not_a_whole_number_is_refused(count, shards):
     with pytest.raises(ValueError, match=r"not a whole number >= 0; rebuild the shards") as info:
         resolve_spec(str(shards))
     assert "manifest.json" in str(info.value)
+
+
+def test_brace_pattern_naming_a_billion_shards_is_refused_at_once(tmp_path):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"names more than 1000000 shards"):
+        resolve_spec(str(tmp_path / "x-{000000000..999999999}.tar"))  # today: a list of 10^9 names
+    assert time.monotonic() - start < 30
