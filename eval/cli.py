@@ -10,7 +10,6 @@ import torch
 
 from eval.checkpoints import LoadedModel, load_checkpoint
 from eval.distributed import Ranks, init_from_env
-from eval.results import write_json  # noqa: F401  (re-exported for the CLIs)
 
 
 def default_device() -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from eval import run
-from eval.checkpoints import load_checkpoint
 from eval.results import benchmark_file_name, dumps, write_benchmark_files
 from tests.eval.helpers import write_shards
 
