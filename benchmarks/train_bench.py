@@ -86,6 +86,7 @@ class BenchSettings:
     warmup: int
     device: str
     shards: str
+    log_every: int = 1  # ours: steps per metrics read (each read synchronises the device)
 
 
 # --- log parsing -----------------------------------------------------------------------------------
@@ -162,18 +163,22 @@ def run_ours(settings: BenchSettings, stage: int, work: Path) -> RunResult:
         f"optim.eps={EPS}", f"optim.grad_clip={GRAD_CLIP}", "optim.min_lr_ratio=0.0",
         f"optim.warmup_samples={WARMUP_STEPS * settings.batch_size * settings.nproc}",
         "loss.kind=infonce", "loss.local_loss=false", "loss.gather_with_grad=true", "loss.mlm_weight=0.0",
-        "checkpoint.every_steps=0", "checkpoint.export=false", "logging.every_steps=1", "logging.progress=false",
+        "checkpoint.every_steps=0", "checkpoint.export=false", f"logging.every_steps={settings.log_every}",
+        "logging.progress=false",
         "logging.wandb_mode=disabled", "eval.suite=null",
     ]
     command = [*launcher(settings.nproc), "-m", "pretrain.train", "--config", str(BASE_CONFIG), *overrides]
     log_path = work / f"{name}.log"
     process_s = run_logged(name, command, log_path, child_env(settings), lambda: len(read_our_metrics(run_dir)))
     records = read_our_metrics(run_dir)
-    per_step = [r["samples_per_s"] for r in records if "samples_per_s" in r]
-    global_batch = settings.batch_size * settings.nproc
-    median, window, timed = summarize(per_step, global_batch, settings.warmup)
+    # With log_every > 1 each record is the mean over its interval; warmup counts whole intervals.
+    per_interval = [r["samples_per_s"] for r in records if "samples_per_s" in r]
+    global_batch = settings.batch_size * settings.nproc * settings.log_every
+    median, window, timed = summarize(per_interval, global_batch, math.ceil(settings.warmup / settings.log_every))
     peak = max((r["peak_memory_mb"] for r in records if "peak_memory_mb" in r), default=None)
-    return RunResult(name, len(per_step), timed, median, median / settings.nproc, window, peak, process_s, str(log_path))
+    steps = len(per_interval) * settings.log_every
+    return RunResult(name, steps, timed * settings.log_every, median, median / settings.nproc, window, peak, process_s,
+                     str(log_path))
 
 
 def peer_shards(spec: str) -> str:
@@ -343,6 +348,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="OMP_NUM_THREADS for both (default: CPUs / (nproc x (1 + workers)), a core per data worker)")
     parser.add_argument("--stages", default="0,1,2,3", help="ZeRO stages for the second table; '' skips it")
     parser.add_argument("--warmup", type=int, default=3, help="leading steps left out of the figures")
+    parser.add_argument("--log-every", type=int, default=1,
+                        help="ours: steps per metrics read (1 = a device sync per step, as the peer's per-step log)")
     parser.add_argument("--peak-tflops", type=float, default=989.0 if cuda else None,
                         help="device peak for MFU (H100/H200 SXM bf16 dense: 989)")
     parser.add_argument("--out", help="write results JSON here")
@@ -353,7 +360,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> list[int]:
     """Validates options; returns the ZeRO stages."""
-    for name in ("batch_size", "nproc", "threads", "samples"):
+    for name in ("batch_size", "nproc", "threads", "samples", "log_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise BenchError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
@@ -413,7 +420,7 @@ def run_bench(args: argparse.Namespace, stages: list[int], cuda: bool) -> int:
             say(f"generating demo shards with {args.samples} training samples in {work}")
         shards = args.shards or make_demo_shards(work, args.samples, args.workers, args.nproc)
         settings = BenchSettings(args.model, args.batch_size, args.samples, args.nproc, args.precision,
-                                 args.workers, threads, args.warmup, "cuda" if cuda else "cpu", shards)
+                                 args.workers, threads, args.warmup, "cuda" if cuda else "cpu", shards, args.log_every)
         say(f"ours at ZeRO 0 ({args.samples} samples)")
         ours = run_ours(settings, 0, work)
         say(f"ours: {ours.samples_per_s:.1f} samples/s")

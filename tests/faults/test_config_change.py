@@ -25,7 +25,7 @@ def test_changed_resume_config_is_refused_untouched(nproc, override, expected, t
     result = run(cmd + args if cmd else command(0, demo_shards, run_dir, *args[2:]), timeout=240)
     assert result.returncode != 0
     lines = error_lines(result.stderr)
-    assert lines and all(expected in line and "resume with" in line or "relaunch" in line for line in lines), lines
+    assert lines and all(expected in line and ("resume with" in line or "relaunch" in line) for line in lines), lines
     assert len(lines) == max(nproc, 1)  # one line per rank, nothing else
     assert "corrupt" not in result.stderr
     assert fingerprint(run_dir / "checkpoints") == before

@@ -69,7 +69,8 @@ def test_incompatible_and_corrupt_checkpoints_are_refused_untouched(tmp_path, de
     before = fingerprint(run_dir / "checkpoints")
     result = train(run_dir, demo_shards, "total_samples=48", "--resume", "auto", check=False)
     assert result.returncode == 1
-    assert "mp_rank_00_model_states.pt" in error_line(result) or "checkpoint" in error_line(result)
+    line = error_line(result)
+    assert "cannot read checkpoint" in line and latest_tag(run_dir / "checkpoints") in line and "corrupt" in line, line
     assert fingerprint(run_dir / "checkpoints") == before
 
 

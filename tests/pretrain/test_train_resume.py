@@ -51,3 +51,25 @@ def test_resume_continues_the_loss_exactly(stage, demo_shards, tmp_path):
         for name, tensor in model.state_dict().items():
             if name in weights:
                 assert torch.equal(tensor, weights[name]), (file, name)
+
+
+def test_one_process_zero3_resumes_exactly(demo_shards, tmp_path):
+    """At world size 1, ZeRO-3 keeps every parameter resident (engine.py); checkpoints must still
+    save and resume exactly."""
+    from tests.pretrain.runner import run_module
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    args = ["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
+            "zero.stage=3", "total_samples=48", "precision=bf16"]
+    run_module([*args, f"run_dir={full}"])
+    reference = losses(full, 1)
+    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000006")
+    (resumed / "checkpoints" / LATEST).write_text("step_00000003")
+    (resumed / "metrics.jsonl").write_text("")
+    run_module([*args, f"run_dir={resumed}", "--resume", "auto"])
+    after = losses(resumed, 1)
+    assert sorted(after) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert after[step] == pytest.approx(reference[step], abs=1e-5), (step, after, reference)
