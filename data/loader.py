@@ -433,9 +433,12 @@ class StreamingLoader:
         dataset = StreamDataset(self.plan, states=[WorkerState(**s.to_dict()) for s in self._states],
                                 batches_handed_out=self._batches, **self._dataset_args)
         if self._use_processes:
+            # Own generator: a DataLoader draws its workers' base seed from the global torch RNG when
+            # iterated, which would shift the trainer's dropout masks after a resume. Workers seed
+            # every sample themselves, so this seed does not matter.
             stream: Iterable[dict] = DataLoader(dataset, batch_size=None, num_workers=self.plan.num_slots,
                                                 prefetch_factor=self._prefetch_factor, in_order=True,
-                                                pin_memory=self._pin_memory)
+                                                pin_memory=self._pin_memory, generator=torch.Generator())
         else:
             stream = dataset
         for batch in stream:

@@ -44,6 +44,7 @@ class ModelConfig:
     lock_text_unlocked_groups: int = 0
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile each tower (nn.Module.compile: state-dict keys unchanged)
+    patch_dropout: float = 0.0  # FLIP: share of image patches dropped in training (ViT towers); 0 = off
 
     def __post_init__(self) -> None:
         if open_clip.get_model_config(self.name) is None:
@@ -58,6 +59,11 @@ class ModelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{field}: must be an integer >= 0, got {value!r}")
+        if not (isinstance(self.patch_dropout, (int, float)) and not isinstance(self.patch_dropout, bool)
+                and 0 <= self.patch_dropout < 1):
+            raise ValueError(f"patch_dropout: must be a number in [0, 1) (FLIP uses 0.5), got {self.patch_dropout!r}")
+        if self.patch_dropout and "timm_model_name" in open_clip.get_model_config(self.name).get("vision_cfg", {}):
+            raise ValueError(f"patch_dropout: {self.name} has a timm image tower, which open_clip cannot drop patches of; set 0")
         if self.pretrained == "":
             self.pretrained = None
         if self.pretrained is not None:
@@ -205,6 +211,9 @@ def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> DualEncoder:
         pretrained_image=False,  # never fetch timm / HF tower weights
         pretrained_text=False,
     )
+    if model_cfg.patch_dropout:
+        # Active in train() only (open_clip's PatchDropout): evaluation and exports see every patch.
+        kwargs["force_patch_dropout"] = float(model_cfg.patch_dropout)
     tag_cfg: dict = {}
     if model_cfg.pretrained is not None:
         path, tag_cfg = resolve_pretrained(model_cfg.name, model_cfg.pretrained)

@@ -73,3 +73,22 @@ def test_one_process_zero3_resumes_exactly(demo_shards, tmp_path):
     assert sorted(after) == [4, 5, 6]
     for step in (4, 5, 6):
         assert after[step] == pytest.approx(reference[step], abs=1e-5), (step, after, reference)
+
+
+def test_resume_is_exact_with_patch_dropout(demo_shards, tmp_path):
+    """FLIP patch dropout draws its masks from each rank's torch RNG (seeded per rank, saved per
+    rank in every checkpoint): a resumed run drops the same patches and continues the loss exactly."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", "zero.stage=0",
+            "model.patch_dropout=0.5"]
+    torchrun(2, [*args, f"run_dir={full}"])
+    reference = losses(full, 1)
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000006")
+    (resumed / "checkpoints" / LATEST).write_text("step_00000003")
+    (resumed / "metrics.jsonl").write_text("")
+    torchrun(2, [*args, f"run_dir={resumed}", "--resume", "auto"])
+    after = losses(resumed, 1)
+    assert sorted(after) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert after[step] == pytest.approx(reference[step], abs=1e-5), (step, after, reference)
