@@ -11,7 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from eval.checkpoints import load_checkpoint  # noqa: E402
+from eval.datasets import load_classification  # noqa: E402
 from eval.distributed import init_from_env  # noqa: E402
+from eval.features import extract_image_features  # noqa: E402
 from eval.run import run_suite  # noqa: E402
 
 
@@ -34,10 +36,18 @@ def main() -> None:
     ranks = init_from_env("cpu")
     encoder = CountingEncoder(load_checkpoint(checkpoint))
     records = run_suite(encoder, suite, batch_size=batch, workers=1, model_id="dist-test", progress=False)
+    calls = encoder.image_calls
+    # The raw extraction too: rows must come back in dataset order whatever the sharding.
+    import yaml
+
+    first = yaml.safe_load(Path(suite).read_text())["tasks"][0]
+    found = extract_image_features(encoder, load_classification(first["data"]).records, batch_size=batch, workers=2,
+                                   progress=False)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{ranks.rank}.json").write_text(json.dumps({
         "world_size": ranks.world_size, "records": records,
-        "image_calls": encoder.image_calls, "text_calls": encoder.text_calls}))
+        "image_calls": calls, "text_calls": encoder.text_calls,
+        "keys": found.keys, "labels": found.labels.tolist(), "features": found.features.tolist()}))
 
 
 if __name__ == "__main__":

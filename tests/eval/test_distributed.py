@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.eval.helpers import write_shards
@@ -65,6 +66,11 @@ def test_two_ranks_equal_one_and_step_in_lockstep(checkpoints: dict, tmp_path: P
             assert record_0.get(key) == record_one.get(key), key
         assert record_0["metrics"] == pytest.approx(record_one["metrics"], abs=1e-6), record_0["dataset"]
     assert one["records"][0]["num_samples"] == NUM_IMAGES and one["records"][0]["skipped"] == 1
+    # Gathered rows are in dataset order (2 ranks x 2 decode workers each), the broken image left out.
+    expected_keys = [f"k{i:03d}" for i in range(NUM_IMAGES)]
+    assert one["keys"] == ranks[0]["keys"] == ranks[1]["keys"] == expected_keys
+    assert one["labels"] == ranks[0]["labels"] == [i % 3 for i in range(NUM_IMAGES)]
+    assert torch.allclose(torch.tensor(ranks[0]["features"]), torch.tensor(one["features"]), atol=1e-5)
 
 
 def test_eval_run_cli_under_torchrun_matches_one_process(checkpoints: dict, tmp_path: Path) -> None:

@@ -36,6 +36,16 @@ def test_separable_features_score_one_and_noise_scores_chance() -> None:
     assert chance["lp_acc1"] < 0.4  # chance is 1/6
 
 
+def test_collapsed_features_are_standardised_before_fitting() -> None:
+    """A weakly trained tower puts every image within ~1e-4 of one direction; the probe must still
+    find the classes (L-BFGS on the raw features stops at once: its gradients are below tolerance)."""
+    train, train_labels = blobs(40)
+    test, test_labels = blobs(20, seed=1)
+    direction = torch.nn.functional.normalize(torch.ones(16), dim=0)
+    metrics, _ = linear_probe(direction + 1e-5 * train, train_labels, direction + 1e-5 * test, test_labels, 6)
+    assert metrics["lp_acc1"] == 1.0
+
+
 def test_weight_decay_is_applied_and_chosen_on_held_out_rows() -> None:
     features, labels = blobs(30, spread=2.0)
     small = fit_logistic(features, labels, 6, weight_decay=1e-7).weight.norm()
