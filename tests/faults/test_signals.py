@@ -21,7 +21,8 @@ SIGTERM_NEEDS_LOADER_FIX = pytest.mark.xfail(strict=True, reason=(
     "(worker_init_fn), the trainer stops them itself"))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=SIGTERM_NEEDS_LOADER_FIX)])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, id="SIGINT"),
+                                 pytest.param(signal.SIGTERM, marks=SIGTERM_NEEDS_LOADER_FIX, id="SIGTERM")])
 def test_signal_to_torchrun_only_checkpoints_and_exits(sig, tmp_path, demo_shards):
     """Ctrl-C reaches torchrun alone (its workers run in sessions of their own); it forwards the
     signal. Today SIGINT made every worker die in a KeyboardInterrupt traceback without a save."""
