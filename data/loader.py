@@ -2,7 +2,7 @@
 
 Pipeline, per (rank, worker) slot, each stage a small generator:
 
-  shard plan -> read tar (webdataset gopen + tar_file_expander + group_by_keys)
+  shard plan -> read tar (data.tarstream: samples tagged with their byte offsets)
     -> seeded shuffle buffer -> [cursor: items counted here] -> decode + transform
     -> caption choice + tokenize (+ MLM masking) -> batch
 
@@ -22,12 +22,19 @@ Resampled mode: each slot draws shards with replacement, first a source by its m
 then a shard uniformly within it, from an RNG seeded by (seed, rank, worker).
 
 Exact resume: a worker's stream up to the decode stage depends only on (seed, rank, worker,
-shards), so its position is one integer, the *cursor* (items taken from the shuffle buffer,
-including ones later skipped). Workers send their cursor, epoch and cumulative skip counts with
-every batch; the main process keeps, per logical worker, those of the last batch it handed out,
-plus the number of batches handed out. On resume each worker rebuilds its stream and drops
-``cursor`` items without decoding them. torch's DataLoader hands batches out round-robin from
-physical worker 0, so physical worker ``p`` plays logical worker ``(p + batches) % num_workers``:
+shards). Its *cursor* counts the items taken from the shuffle buffer (including ones later skipped)
+and seeds each sample's augmentation and each batch's MLM mask. Where the stream stands after a
+cursor is a small ``SlotStream.state()``: the epoch, the shard being read (its number in the slot's
+part of the epoch, or the draw in resampled mode) and the byte offset of its next sample, the
+shuffle and draw RNG states as ints, the drain progress, and for every item the shuffle buffer holds
+a reference (shard index, byte offset of the sample's first tar member, caption round), not its
+bytes. Workers send cursor, epoch, skip counts and that state with every batch; the main process
+keeps, per logical worker, those of the last batch it handed out, plus the number of batches
+handed out. On resume each worker re-reads the held samples (one seek each in a local tar) and
+seeks the current shard to the offset, so the cost is the shuffle buffer plus the rest of one
+shard, whatever the position (``shard_reads`` counts it). A version-1 state (cursor only) is
+replayed from the start of the stream instead. torch's DataLoader hands batches out round-robin
+from physical worker 0, so physical worker ``p`` plays logical worker ``(p + batches) % num_workers``:
 the logical worker next in line is served first, as in the uninterrupted run.
 """
 from __future__ import annotations
@@ -42,11 +49,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from data.decode import decode_image, resize_target
 from data.masking import IGNORE_INDEX, mask_tokens
+from data.tarstream import ReadStats, iter_samples, read_samples_at
 from data.shards import (
     Shard, Source, derive_seed, epoch_order, rank_shard_count, resolve_sources, slot_shards,
 )
@@ -121,41 +127,12 @@ def _skip_item(reason: str, url: str, key: str, detail: str) -> dict:
     return {SKIP: reason, "__url__": url, "__key__": key, "detail": detail}
 
 
-def read_shard(url: str) -> Iterator[dict]:
-    """Samples of one tar shard (dicts: __key__, __url__, one bytes value per extension).
-
-    A shard that cannot be opened or read to the end ends with one skip marker item
-    ("unreadable_shard" when nothing was read, else "truncated_tar"); samples before the
-    damage are kept.
-    """
-    errors: list[Exception] = []
-
-    def stop(exn: Exception) -> bool:  # webdataset handler: record and stop this shard
-        errors.append(exn)
-        return False
-
-    produced, last_key = 0, ""
-    try:
-        stream = gopen(url)
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=stop, eof_value=None)
-        for sample in group_by_keys(files, handler=stop):
-            produced, last_key = produced + 1, sample["__key__"]
-            yield sample
-        stream.close()  # a pipe: URL reports a failed command here
-    except Exception as exn:
-        errors.append(exn)
-    if errors:
-        reason = "truncated_tar" if produced else "unreadable_shard"
-        detail = f"{type(errors[0]).__name__}: {errors[0].args[0] if errors[0].args else ''}"[:200]
-        yield _skip_item(reason, url, f"after {last_key}" if last_key else "-", detail)
-
-
 class BarrenGuard:
     """Fails after ``limit`` shards in a row without a single sample (empty or unreadable data):
     an infinite stream over such shards would otherwise spin forever without yielding."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.barren = limit, 0
+    def __init__(self, limit: int, barren: int = 0) -> None:
+        self.limit, self.barren = limit, barren
 
     def update(self, got_sample: bool, url: str) -> None:
         self.barren = 0 if got_sample else self.barren + 1
@@ -163,32 +140,193 @@ class BarrenGuard:
             raise RuntimeError(f"no samples in {self.barren} shards in a row (last {url}); check the shards")
 
 
-def read_shards(shards: Iterable[tuple[Shard, int, int]], guard: BarrenGuard) -> Iterator[dict]:
-    """Items of consecutive shards; ``shards`` yields (shard, epoch, caption round) to tag them with."""
-    for shard, epoch, round_ in shards:
-        got_sample = False
-        for item in read_shard(shard.url):
-            got_sample = got_sample or SKIP not in item
-            item["__epoch__"], item["__round__"] = epoch, round_
+class ShuffleBuffer:
+    """Seeded reservoir shuffle whose whole state (items held, RNG, drain progress) can be saved.
+
+    Fill ``size`` items, then emit a random held item per new one; when the input ends, shuffle
+    what is held and emit it in that order ("draining"). ``size`` <= 1 passes items through.
+    """
+
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.size, self.rng = size, rng
+        self.items: list[dict] = []
+        self.draining, self.drained = False, 0
+
+    def run(self, items: Iterable[dict]) -> Iterator[dict]:
+        if self.size <= 1:
+            yield from items
+            return
+        if not self.draining:  # a buffer restored while draining must not touch its (ended) input
+            for item in items:
+                if len(self.items) < self.size:
+                    self.items.append(item)
+                    continue
+                index = self.rng.randrange(self.size)
+                self.items[index], item = item, self.items[index]
+                yield item
+            self.rng.shuffle(self.items)
+            self.draining = True
+        while self.drained < len(self.items):
+            item, self.items[self.drained] = self.items[self.drained], {}  # drop the bytes once handed out
+            self.drained += 1
             yield item
-        guard.update(got_sample, shard.url)
+
+    def held(self) -> list[dict]:
+        """The items still to come out, in buffer order."""
+        return self.items[self.drained:]
+
+    def restore(self, items: list[dict], draining: bool) -> None:
+        self.items, self.draining, self.drained = items, draining, 0
 
 
-def shuffle(items: Iterable[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
-    """Seeded reservoir shuffle: fill ``bufsize`` items, then emit a random one per new item; drain."""
-    if bufsize <= 1:
-        yield from items
-        return
-    buffer: list[dict] = []
-    for item in items:
-        if len(buffer) < bufsize:
-            buffer.append(item)
-            continue
-        index = rng.randrange(bufsize)
-        buffer[index], item = item, buffer[index]
-        yield item
-    rng.shuffle(buffer)
-    yield from buffer
+@dataclass
+class ReadPosition:
+    """Where a slot's shard reader stands. ``index``: the shard's number in the slot's part of the
+    epoch (resampled mode: the draw number); ``shard``: its index in ``StreamPlan.all_shards`` (-1:
+    not drawn yet); ``offset``: byte offset of the next sample in it; ``last_key``: the last sample
+    read from it ("" if none), so damage after a resume is still "truncated_tar"."""
+
+    index: int = 0
+    shard: int = -1
+    offset: int = 0
+    last_key: str = ""
+
+
+def _rng_ints(rng: random.Random) -> list[int]:
+    """The Mersenne Twister state as plain ints (checkpoints load with torch.load(weights_only=True))."""
+    version, internal, _gauss = rng.getstate()  # gauss_next stays None: no stage draws Gaussians
+    return [version, *internal]
+
+
+def _rng_from_ints(ints: list[int]) -> random.Random:
+    rng = random.Random()
+    rng.setstate((int(ints[0]), tuple(int(i) for i in ints[1:]), None))
+    return rng
+
+
+STREAM_FIELDS = ("epoch", "index", "shard", "offset", "last_key", "barren", "draining", "shuffle_rng",
+                 "draw_rng", "held", "markers")
+
+
+class SlotStream:
+    """The infinite item stream of one (rank, worker) slot, before decode; ``state()`` describes it
+    after the last item taken, and a SlotStream built from that state continues identically, reading
+    only the items the shuffle buffer held and the rest of the shard being read (its tar is seeked)."""
+
+    def __init__(self, plan: StreamPlan, worker: int, saved: dict | None = None) -> None:
+        self.plan, self.worker = plan, worker
+        self.shards = plan.all_shards
+        self.stats = ReadStats()
+        self.epoch, self.pos = 0, ReadPosition()
+        self.guard = BarrenGuard(2 * len(self.shards) + 8)
+        self.draw_rng = random.Random(derive_seed("resample", plan.seed, plan.rank, worker))
+        self.shuffle = ShuffleBuffer(plan.shuffle_buffer, self._shuffle_rng(0))
+        if saved is not None:
+            self._restore(saved)
+
+    def _shuffle_rng(self, epoch: int) -> random.Random:
+        return random.Random(derive_seed(self.plan.seed, epoch, self.plan.rank, self.worker))
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.plan.mode == "resampled":
+            yield from self.shuffle.run(self._draws())
+            return
+        while True:
+            yield from self.shuffle.run(self._epoch_part())
+            # The next epoch starts only when its first item is asked for, so a state taken after
+            # the last item of this epoch still names this epoch, drained.
+            self.epoch, self.pos = self.epoch + 1, ReadPosition()
+            self.shuffle = ShuffleBuffer(self.plan.shuffle_buffer, self._shuffle_rng(self.epoch))
+
+    def _epoch_part(self) -> Iterator[dict]:
+        """Items of this slot's shards of ``self.epoch``, from ``self.pos`` on."""
+        # The plan is computed on shard indices (the permutation depends only on the count), so
+        # positions and held items name shards by their index in all_shards.
+        order = epoch_order(list(range(len(self.shards))), self.plan.seed, self.epoch)  # type: ignore[arg-type]
+        part = slot_shards(order, self.plan.rank, self.plan.world_size, self.worker, self.plan.num_slots)
+        while self.pos.index < len(part):
+            self.pos.shard = part[self.pos.index]  # type: ignore[assignment]
+            yield from self._read_shard(self.epoch)
+
+    def _draws(self) -> Iterator[dict]:
+        """Resampled mode: forever draw a source by weight, then a shard uniformly within it."""
+        sources = self.plan.sources
+        weights = [source.weight for source in sources]
+        starts = list(itertools.accumulate((len(s.shards) for s in sources), initial=0))
+        while True:
+            if self.pos.shard < 0:  # choices/choice on ranges draw exactly as on the sequences themselves
+                source = self.draw_rng.choices(range(len(sources)), weights=weights)[0]
+                self.pos.shard = starts[source] + self.draw_rng.choice(range(len(sources[source].shards)))
+            yield from self._read_shard(self.pos.index)
+
+    def _read_shard(self, round_: int) -> Iterator[dict]:
+        """Samples of the shard at ``self.pos`` from its offset on; damage ends it with one skip marker
+        ("unreadable_shard" when nothing was read from it, else "truncated_tar")."""
+        shard, url = self.pos.shard, self.shards[self.pos.shard].url
+        failure: Exception | None = None
+        try:
+            for sample in iter_samples(url, self.pos.offset, self.stats):
+                self.pos.offset, self.pos.last_key = sample["__end__"], sample["__key__"]
+                yield self._tag(sample, shard, round_)
+        except Exception as exn:  # noqa: BLE001 - a shard's damage is counted, never fatal
+            failure = exn
+        last_key = self.pos.last_key
+        # Move on before handing out the marker: a state taken after it must not read this shard again.
+        self.pos = ReadPosition(index=self.pos.index + 1)
+        self.guard.update(bool(last_key), url)
+        if failure is not None:
+            reason = "truncated_tar" if last_key else "unreadable_shard"
+            detail = f"{type(failure).__name__}: {failure.args[0] if failure.args else ''}"[:200]
+            marker = _skip_item(reason, url, f"after {last_key}" if last_key else "-", detail)
+            yield marker | {"__epoch__": self.epoch, "__round__": round_, "__ref__": [shard, -1, round_]}
+
+    def _tag(self, sample: dict, shard: int, round_: int) -> dict:
+        """Epoch and caption round for the decoder, and the (shard, offset, round) reference a state keeps."""
+        offset = sample.pop("__offset__")
+        sample.pop("__end__")
+        sample.update(__epoch__=self.epoch, __round__=round_, __ref__=[shard, offset, round_])
+        return sample
+
+    def state(self) -> dict:
+        """Plain ints/strs/lists: where the reader stands, the RNGs, and references to the held items."""
+        held = self.shuffle.held()
+        return {
+            "epoch": self.epoch, "index": self.pos.index, "shard": self.pos.shard, "offset": self.pos.offset,
+            "last_key": self.pos.last_key, "barren": self.guard.barren, "draining": self.shuffle.draining,
+            "shuffle_rng": _rng_ints(self.shuffle.rng),
+            "draw_rng": _rng_ints(self.draw_rng) if self.plan.mode == "resampled" else [],
+            "held": [item["__ref__"] for item in held],
+            "markers": [[i, item[SKIP], item["__key__"], item["detail"]] for i, item in enumerate(held) if SKIP in item],
+        }
+
+    def _restore(self, saved: dict) -> None:
+        self.epoch = int(saved["epoch"])
+        self.pos = ReadPosition(int(saved["index"]), int(saved["shard"]), int(saved["offset"]), str(saved["last_key"]))
+        self.guard.barren = int(saved["barren"])
+        if saved["draw_rng"]:
+            self.draw_rng = _rng_from_ints(saved["draw_rng"])
+        self.shuffle = ShuffleBuffer(self.plan.shuffle_buffer, _rng_from_ints(saved["shuffle_rng"]))
+        self.shuffle.restore(self._read_held(saved["held"], saved["markers"]), bool(saved["draining"]))
+
+    def _read_held(self, refs: list[list[int]], markers: list[list]) -> list[dict]:
+        """The held items again: samples re-read at their offsets (one seek each), markers rebuilt."""
+        offsets: dict[int, list[int]] = {}
+        for shard, offset, _round in refs:
+            if offset >= 0:
+                offsets.setdefault(int(shard), []).append(int(offset))
+        samples = {shard: read_samples_at(self.shards[shard].url, wanted, self.stats)
+                   for shard, wanted in offsets.items()}
+        marker_at = {int(i): (reason, key, detail) for i, reason, key, detail in markers}
+        items = []
+        for i, (shard, offset, round_) in enumerate(refs):
+            shard, offset, round_ = int(shard), int(offset), int(round_)
+            if offset < 0:
+                reason, key, detail = marker_at[i]
+                marker = _skip_item(str(reason), self.shards[shard].url, str(key), str(detail))
+                items.append(marker | {"__epoch__": self.epoch, "__round__": round_, "__ref__": [shard, -1, round_]})
+            else:  # a copy: in resampled mode one sample can be held twice, from two draws of its shard
+                items.append(self._tag(dict(samples[shard][offset]), shard, round_))
+        return items
 
 
 @dataclass(frozen=True)
@@ -209,24 +347,7 @@ class StreamPlan:
 
     def items(self, worker: int) -> Iterator[dict]:
         """The infinite, deterministic item stream of logical ``worker`` (before decode)."""
-        guard = BarrenGuard(2 * len(self.all_shards) + 8)
-        if self.mode == "resampled":
-            order = read_shards(self._resampled_draws(worker), guard)
-            yield from shuffle(order, self.shuffle_buffer, random.Random(derive_seed(self.seed, 0, self.rank, worker)))
-            return
-        for epoch in itertools.count():
-            part = slot_shards(epoch_order(self.all_shards, self.seed, epoch), self.rank, self.world_size,
-                               worker, self.num_slots)
-            rng = random.Random(derive_seed(self.seed, epoch, self.rank, worker))
-            yield from shuffle(read_shards(((s, epoch, epoch) for s in part), guard), self.shuffle_buffer, rng)
-
-    def _resampled_draws(self, worker: int) -> Iterator[tuple[Shard, int, int]]:
-        """(shard, epoch 0, draw index) forever: source by weight, then shard uniformly."""
-        rng = random.Random(derive_seed("resample", self.seed, self.rank, worker))
-        weights = [source.weight for source in self.sources]
-        for draw in itertools.count():
-            source = rng.choices(self.sources, weights=weights)[0]
-            yield rng.choice(source.shards), 0, draw
+        return iter(SlotStream(self, worker))
 
 
 # ----------------------------------------------------------------------------- decode + batch
@@ -300,14 +421,17 @@ class MaskSpec:
 
 @dataclass
 class WorkerState:
-    """Per logical worker: cursor (items consumed), current epoch, cumulative skips by reason."""
+    """Per logical worker: cursor (items consumed), current epoch, cumulative skips by reason, and
+    the stream's own state (``SlotStream.state()``) after the cursor's item; None before the first
+    batch, or from a version-1 checkpoint, which knew only the cursor."""
 
     cursor: int = 0
     epoch: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    stream: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"cursor": self.cursor, "epoch": self.epoch, "skipped": dict(self.skipped)}
+        return {"cursor": self.cursor, "epoch": self.epoch, "skipped": dict(self.skipped), "stream": self.stream}
 
 
 class StreamDataset(IterableDataset):
@@ -325,13 +449,16 @@ class StreamDataset(IterableDataset):
             raise RuntimeError(f"expected {self.plan.num_slots} workers, DataLoader started {physical_count}")
         worker = (physical + self.batches_handed_out) % physical_count
         state = self.states[worker]
-        items = self.plan.items(worker)
-        # Fast-forward without decoding: only tar reading and the seeded shuffle run.
-        for _ in itertools.islice(items, state.cursor):
-            pass
-        return self._batch_stream(items, worker, state.cursor, Counter(state.skipped))
+        stream = SlotStream(self.plan, worker, state.stream)  # re-reads only what its shuffle buffer held
+        items = iter(stream)
+        if state.stream is None:
+            # A version-1 checkpoint: replay the stream up to the cursor without decoding it.
+            for _ in itertools.islice(items, state.cursor):
+                pass
+        return self._batch_stream(stream, items, worker, state.cursor, Counter(state.skipped))
 
-    def _batch_stream(self, items: Iterator[dict], worker: int, cursor: int, skipped: Counter) -> Iterator[dict]:
+    def _batch_stream(self, stream: SlotStream, items: Iterator[dict], worker: int, cursor: int,
+                      skipped: Counter) -> Iterator[dict]:
         images, captions, keys = [], [], []
         consecutive_skips, epoch = 0, 0
         for item in items:
@@ -351,7 +478,9 @@ class StreamDataset(IterableDataset):
             captions.append(caption)
             keys.append(item["__key__"])
             if len(keys) == self.batch_size:
-                meta = {"worker": worker, "cursor": cursor, "epoch": epoch, "skipped": dict(skipped)}
+                # The stream is suspended right after this batch's last item: its state is the position.
+                meta = {"worker": worker, "cursor": cursor, "epoch": epoch, "skipped": dict(skipped),
+                        "stream": stream.state(), "reads": stream.stats.as_dict()}
                 yield self._collate(images, captions, keys, worker, cursor) | {"_meta": meta}
                 images, captions, keys = [], [], []
 
@@ -391,7 +520,7 @@ class StreamingLoader:
     Iterating again (or after ``load_state_dict``) continues from the last batch handed out.
     """
 
-    STATE_VERSION = 1
+    STATE_VERSION = 2  # 2: each worker's stream state (seek on resume); 1: cursors only (replayed on resume)
 
     def __init__(self, plan: StreamPlan, dataset_args: dict, prefetch_factor: int, use_processes: bool,
                  pin_memory: bool = False) -> None:
@@ -399,6 +528,7 @@ class StreamingLoader:
         self._dataset_args, self._prefetch_factor, self._use_processes = dataset_args, prefetch_factor, use_processes
         self._pin_memory = pin_memory
         self._states = [WorkerState() for _ in range(plan.num_slots)]
+        self._reads = [ReadStats() for _ in range(plan.num_slots)]
         self._batches = 0
 
     @property
@@ -426,10 +556,17 @@ class StreamingLoader:
         return None if any(c is None for c in counts) else sum(counts)
 
     @property
+    def shard_reads(self) -> dict[str, int]:
+        """Tar bytes read and members opened by this rank's workers since this iteration started
+        (the resume's re-reads included), up to the last batch handed out."""
+        return {"bytes": sum(r.bytes for r in self._reads), "members": sum(r.members for r in self._reads)}
+
+    @property
     def batches_handed_out(self) -> int:
         return self._batches
 
     def __iter__(self) -> Iterator[dict]:
+        self._reads = [ReadStats() for _ in range(self.plan.num_slots)]
         dataset = StreamDataset(self.plan, states=[WorkerState(**s.to_dict()) for s in self._states],
                                 batches_handed_out=self._batches, **self._dataset_args)
         if self._use_processes:
@@ -449,7 +586,8 @@ class StreamingLoader:
         expected = self._batches % self.plan.num_slots
         if meta["worker"] != expected:  # round-robin order broken: resume would not be exact
             raise RuntimeError(f"batch from worker {meta['worker']}, expected worker {expected}")
-        self._states[expected] = WorkerState(meta["cursor"], meta["epoch"], dict(meta["skipped"]))
+        self._states[expected] = WorkerState(meta["cursor"], meta["epoch"], dict(meta["skipped"]), meta["stream"])
+        self._reads[expected] = ReadStats(**meta["reads"])
         self._batches += 1
 
     def position(self) -> tuple:
@@ -464,19 +602,42 @@ class StreamingLoader:
         return {
             "version": self.STATE_VERSION, "mode": self.plan.mode, "seed": self.plan.seed, "rank": self.plan.rank,
             "world_size": self.plan.world_size, "num_slots": self.plan.num_slots,
-            "shards": len(self.plan.all_shards), "shard_digest": derive_seed([s.url for s in self.plan.all_shards]),
+            "shuffle_buffer": self.plan.shuffle_buffer, "shards": len(self.plan.all_shards), "shard_digest": derive_seed([s.url for s in self.plan.all_shards]),
             "batches": batches, "workers": [state.to_dict() for state in states],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue after the last batch recorded in ``state``; the stream setup must match."""
+        """Continue after the last batch recorded in ``state``; the stream setup must match.
+
+        A version-1 state (cursors only, written before streams could seek) still loads: its workers
+        replay their streams up to the cursor once, reading every tar they had read before.
+        """
         mine = self.state_dict()
-        for name in ("version", "mode", "seed", "rank", "world_size", "num_slots", "shards", "shard_digest"):
+        if state.get("version") not in (1, self.STATE_VERSION):
+            raise ValueError(f"data state: version {state.get('version')!r} is unknown (this code reads 1 and "
+                             f"{self.STATE_VERSION}); resume with the code that wrote the checkpoint")
+        names = ["mode", "seed", "rank", "world_size", "num_slots", "shards", "shard_digest"]
+        if state["version"] >= 2:  # version 1 did not record it
+            names.append("shuffle_buffer")
+        for name in names:
             if state.get(name) != mine[name]:
                 raise ValueError(f"data state: {name} is {state.get(name)!r} in the checkpoint but {mine[name]!r}"
-                                 " now; resume with the same shards, seed, mode, ranks and workers")
-        self._states = [WorkerState(int(s["cursor"]), int(s["epoch"]), dict(s["skipped"])) for s in state["workers"]]
+                                 " now; resume with the same shards, seed, mode, shuffle buffer, ranks and workers")
+        self._states = [_worker_state(s, state["version"]) for s in state["workers"]]
         self._batches = int(state["batches"])
+        if state["version"] == 1 and any(s.cursor for s in self._states):
+            log.warning("data: version-1 loader state (cursors only): each worker re-reads its stream up to "
+                        "its cursor once; checkpoints written from now on resume by seeking")
+
+
+def _worker_state(saved: dict, version: int) -> WorkerState:
+    """One worker's entry of a checkpoint; a stream state must carry every SlotStream field."""
+    stream = saved.get("stream") if version >= 2 else None
+    if stream is not None and (not isinstance(stream, dict) or set(STREAM_FIELDS) - set(stream)):
+        missing = sorted(set(STREAM_FIELDS) - set(stream)) if isinstance(stream, dict) else "all"
+        raise ValueError(f"data state: a worker's stream state lacks {missing}; the checkpoint is damaged: "
+                         "resume from another step_* dir")
+    return WorkerState(int(saved["cursor"]), int(saved["epoch"]), dict(saved["skipped"]), stream)
 
 
 def build_loader(
