@@ -60,18 +60,18 @@ def train(cfg: TrainConfig, dist: DistContext) -> dict[str, Any]:
             state.step = engine.global_steps
             save_due = (bool(cfg.checkpoint.every_steps) and state.step % cfg.checkpoint.every_steps == 0
                         and state.step < total_steps)  # the final save follows the loop
-            if not (save_due or state.step % cfg.logging.every_steps == 0 or state.step == total_steps):
-                continue  # no host read between logging intervals: the host runs ahead of the device
-            metrics = read_interval(interval, engine, parts.loader, cfg, dist, state)
-            tracker.log(state.step, metrics)
-            tracker.progress(state.step, metrics)
-            stop = any_true(preempted(), dist.device)
-            if stop or save_due:
-                save(engine, batches, state, checkpointer, cfg, dist)
-            if stop:
-                tracker.message(f"preemption signal: saved step {state.step} to {checkpointer.latest()}; exiting")
-                tracker.close()
-                return metrics
+            # No host read between logging intervals: the host runs ahead of the device.
+            if save_due or state.step % cfg.logging.every_steps == 0 or state.step == total_steps:
+                metrics = read_interval(interval, engine, parts.loader, cfg, dist, state)
+                tracker.log(state.step, metrics)
+                tracker.progress(state.step, metrics)
+                stop = any_true(preempted(), dist.device)
+                if stop or save_due:
+                    save(engine, batches, state, checkpointer, cfg, dist)
+                if stop:
+                    tracker.message(f"preemption signal: saved step {state.step} to {checkpointer.latest()}; exiting")
+                    tracker.close()
+                    return metrics
             if cfg.eval.suite and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
                 tracker.log(state.step, evaluate(engine, parts, cfg, dist, state.step))
     final = save(engine, batches, state, checkpointer, cfg, dist)

@@ -69,3 +69,19 @@ def test_option_trains_end_to_end(name, demo_shards, tmp_path):
     assert torch.isfinite(features).all()
     if "siglip" in name:
         assert model.logit_bias is not None  # the learned bias travels with the export
+
+
+def test_eval_cadence_is_independent_of_the_logging_interval(demo_shards, tmp_path):
+    """Evaluation every 3 steps while metrics are read every 4: evaluations at 3, 6 and the end."""
+    from tests.pretrain.runner import run_module
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text((REPO / "eval" / "suites" / "demo.yaml").read_text().replace("demo_out/shards", str(demo_shards)))
+    run_dir = tmp_path / "run"
+    run_module(["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
+                f"run_dir={run_dir}", "total_samples=64", "logging.every_steps=4", "checkpoint.every_steps=0",
+                f"eval.suite={suite}", "eval.every_steps=3", "zero.stage=0"])
+    evaluated = [m["step"] for m in read_metrics(run_dir) if any(key.startswith("eval/") for key in m)]
+    assert evaluated == [3, 6, 8], evaluated
+    logged = sorted({m["step"] for m in read_metrics(run_dir) if "loss" in m})  # the final record repeats with eval
+    assert logged == [4, 8], logged
