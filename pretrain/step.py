@@ -108,10 +108,10 @@ def _apply_update(engine, optimizer: torch.optim.Optimizer, cfg: TrainConfig) ->
             return scaler._get_scale_async() < scale_before
         # DeepSpeed's ZeRO optimizers record a skipped (overflowing) step as a host bool.
         return bool(getattr(engine.optimizer, "overflow", False))
-    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
     if cfg.optim.grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), cfg.optim.grad_clip, foreach=True)
-    else:
+    else:  # still needed: a non-finite norm is what marks the update to skip
+        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, foreach=True)
     skipped = ~torch.isfinite(norm)
     optimizer.found_inf, optimizer.grad_scale = skipped.float(), None  # fused AdamW: no update where set
