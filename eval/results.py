@@ -62,7 +62,7 @@ def write_benchmark_files(folder: str | Path, records: list[dict]) -> list[Path]
 
 
 def format_metrics(metrics: dict) -> str:
-    return ", ".join(f"{name}={value:.4f}" if isinstance(value, float) else f"{name}={value}"
+    return ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
                      for name, value in metrics.items())
 
 

@@ -125,6 +125,10 @@ def test_clip_benchmark_wds_classification_defaults_to_test_split(shared_data: P
                                                                    "mean_per_class_recall": 1.0}
     shuffled = run_one(classification_encoder(train + test, shuffle=True), "zeroshot_classification", str(folder))
     assert shuffled["metrics"]["acc1"] == 0.0 and shuffled["metrics"]["mean_per_class_recall"] == 0.0
+    # Linear probe on the same folder: fit on its train split (30), scored on test (20).
+    probe = run_one(classification_encoder(train + test), "linear_probe", str(folder))
+    assert (probe["num_train"], probe["num_samples"], probe["split"]) == (30, 20, "test")
+    assert probe["metrics"]["lp_acc1"] == 1.0
     webp = write_benchmark_wds(tmp_path / "webp", {"test": cifar_samples(shared_data, 1, ext="webp")},
                                classnames=CIFAR)
     assert len(list(load_classification(str(webp)).records)) == 10
