@@ -88,36 +88,38 @@ def _open(url: str, start: int, stats: ReadStats) -> tuple[tarfile.TarFile, IO[b
         raise
 
 
-def _members(tar: tarfile.TarFile, start: int, stats: ReadStats) -> Iterator[tuple[str, bytes, int, int]]:
-    """(name, data, header offset, end offset) of the regular, non-metadata members from ``start`` on."""
+def _members(tar: tarfile.TarFile, start: int) -> Iterator[tarfile.TarInfo]:
+    """Headers of the regular, non-metadata members from ``start`` on (their data is not read yet)."""
     while (info := tar.next()) is not None:
         tar.members.clear()  # tarfile remembers every member it read: keep memory flat over big shards
-        if info.offset < start or not info.isreg() or SKIP_META.match(info.name):
-            continue  # in stream mode tarfile skips over these members' data without handing it out
-        stats.members += 1
-        data = tar.extractfile(info).read()  # type: ignore[union-attr]  # a regular member always has a file
-        yield info.name, data, info.offset, _member_end(info)
+        if info.offset >= start and info.isreg() and not SKIP_META.match(info.name):
+            yield info  # in stream mode tarfile reads past the data of members skipped here
 
 
-def _group(members: Iterator[tuple[str, bytes, int, int]], url: str) -> Iterator[dict]:
-    """Consecutive members sharing a key -> one sample dict (webdataset's group_by_keys, plus offsets)."""
+def _group(tar: tarfile.TarFile, url: str, start: int, stats: ReadStats) -> Iterator[dict]:
+    """Consecutive members sharing a key -> one sample dict (webdataset's group_by_keys, plus offsets).
+
+    A sample is handed out as soon as the next member's header shows another key, before that
+    member's data is read: a reader that stops after one sample reads one header more, not a member.
+    """
     sample: dict | None = None
     try:
-        for name, data, offset, end in members:
-            prefix, suffix = base_plus_ext(name)
+        for info in _members(tar, start):
+            prefix, suffix = base_plus_ext(info.name)
             if prefix is None:
                 continue
             suffix = suffix.lower()
             if sample is None or prefix != sample["__key__"]:
                 if sample is not None:
                     yield sample
-                sample = {"__key__": prefix, "__url__": url, "__offset__": offset}
+                sample = {"__key__": prefix, "__url__": url, "__offset__": info.offset}
             if suffix in sample:
-                raise ValueError(f"{name}: duplicate file name in tar file")
-            sample[suffix] = data
-            sample["__end__"] = end
+                raise ValueError(f"{info.name}: duplicate file name in tar file")
+            stats.members += 1
+            sample[suffix] = tar.extractfile(info).read()  # type: ignore[union-attr]  # regular: has data
+            sample["__end__"] = _member_end(info)
     except Exception:
-        if sample is not None:  # the members read before the damage: the decoder decides if they suffice
+        if sample is not None and "__end__" in sample:  # members read before the damage: the decoder judges them
             yield sample
         raise
     if sample is not None:
@@ -134,7 +136,7 @@ def iter_samples(url: str, start: int, stats: ReadStats) -> Iterator[dict]:
     tar, raw = _open(url, start, stats)
     finished = False
     try:
-        yield from _group(_members(tar, start, stats), url)
+        yield from _group(tar, url, start, stats)
         finished = True
     finally:
         if finished:
