@@ -143,3 +143,23 @@ def test_preemption_signal_saves_and_requeued_run_resumes(tmp_path, demo_shards)
     steps = [m["step"] for m in read_metrics(run_dir)]
     assert steps[-2:] == [saved_step + 1, saved_step + 2]
     assert (run_dir / "checkpoints" / LATEST).read_text() == f"step_{saved_step + 2:08d}"
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_nonfinite_updates_are_skipped_not_applied(stage, tmp_path, demo_shards):
+    """After lr=1e30 blows the activations up, every later update is skipped (at ZeRO 0 on the
+    device through fused AdamW's found_inf, at ZeRO 2 by DeepSpeed), so the weights in the last
+    checkpoint stay finite and the run stops after max_nonfinite_steps skips in a row."""
+    import torch
+
+    from pretrain.checkpoint import consolidated_state_dict
+
+    run_dir = tmp_path / "run"
+    result = train(run_dir, demo_shards, "optim.lr=1e30", "optim.grad_clip=0", "checkpoint.every_steps=1",
+                   "max_nonfinite_steps=3", f"zero.stage={stage}", check=False)
+    assert result.returncode == 1
+    assert "3 consecutive non-finite losses or gradients" in error_line(result)
+    skipped = [m["nonfinite_steps"] for m in read_metrics(run_dir)]
+    assert skipped[-1] >= 2 and skipped == sorted(skipped), skipped
+    weights = consolidated_state_dict(run_dir)
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
