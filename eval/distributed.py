@@ -38,6 +38,12 @@ def init_from_env(device: str | torch.device) -> Ranks:
     return current_ranks()
 
 
+def shutdown(ranks: Ranks) -> None:
+    """Tear down a process group this module started (a no-op in one process)."""
+    if ranks.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _comm_device() -> torch.device:
     # NCCL only moves CUDA tensors; gloo only CPU ones.
     if dist.get_backend() == "nccl":

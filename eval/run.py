@@ -16,6 +16,7 @@ import torch
 
 from eval import tasks
 from eval.cli import add_checkpoint_args, load_from_args, run_cli, setup_ranks
+from eval.distributed import shutdown
 from eval.encoder import Encoder
 from eval.results import markdown_table, write_benchmark_files, write_json
 from eval.suite import Suite, TaskSpec, load_suite
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     records = run_suite(encoder, suite, device=args.device, batch_size=args.batch_size, workers=args.workers,
                         model=encoder.name, pretrained=args.checkpoint,
                         model_id=str(Path(args.checkpoint).resolve()), cache_dir=args.cache_dir, notes=notes)
+    shutdown(ranks)
     if not ranks.is_main:
         return
     out = Path(args.out or Path("runs") / "eval" / suite.name)

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from eval.cli import add_checkpoint_args, load_from_args, setup_ranks
+from eval.distributed import shutdown
 from eval.results import DEFAULT_NAME, benchmark_file_name, benchmark_json, format_metrics, write_json
 from eval.suite import TaskSpec
 
@@ -38,6 +39,7 @@ def single_task_main(task: str, prog: str, doc: str, argv: list[str] | None,
     encoder = load_from_args(args)
     ctx = TaskContext(encoder, device=args.device, batch_size=args.batch_size, workers=args.workers)
     record = run_task(spec, ctx, model=encoder.name, pretrained=args.checkpoint)
+    shutdown(ranks)
     if ranks.is_main:
         out = Path(args.out or benchmark_file_name(record))
         write_json(out, benchmark_json(record))

@@ -6,17 +6,23 @@ rest used for training (e.g. cifar10-test-2k with holdout 0.2: 1600 train / 400 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from eval.datasets import EvalDataset, load_classification
 from eval.probe import ProbeConfig, holdout_split, linear_probe
 from eval.prompts import load_classnames
 
+if TYPE_CHECKING:
+    from eval.suite import TaskSpec
+    from eval.tasks.context import TaskContext
+
 OPTIONS = frozenset({"classnames", "train_data", "train_split", "holdout", "fewshot_k", "seed", "weight_decays",
                      "epochs"})
 
 
-def check(spec) -> None:
+def check(spec: TaskSpec) -> None:
     holdout = spec.option("holdout")
     if holdout is not None and not (isinstance(holdout, float) and 0 < holdout < 1):
         raise ValueError(f"holdout: {holdout!r} must be a fraction strictly between 0 and 1, e.g. 0.2")
@@ -28,7 +34,7 @@ def check(spec) -> None:
     probe_config(spec)  # range checks with their one-line errors
 
 
-def probe_config(spec) -> ProbeConfig:
+def probe_config(spec: TaskSpec) -> ProbeConfig:
     kwargs = {"seed": spec.option("seed", 0), "fewshot_k": spec.option("fewshot_k", -1)}
     if spec.option("weight_decays") is not None:
         kwargs["weight_decays"] = tuple(float(value) for value in spec.option("weight_decays"))
@@ -37,7 +43,7 @@ def probe_config(spec) -> ProbeConfig:
     return ProbeConfig(**kwargs)
 
 
-def datasets(spec, names: list[str] | None) -> tuple[EvalDataset, EvalDataset | None]:
+def datasets(spec: TaskSpec, names: list[str] | None) -> tuple[EvalDataset, EvalDataset | None]:
     """(test dataset, train dataset or None when the test set is split by holdout)."""
     test = load_classification(spec.data, names, spec.split)
     if spec.option("holdout") is not None:
@@ -50,7 +56,7 @@ def datasets(spec, names: list[str] | None) -> tuple[EvalDataset, EvalDataset | 
     return test, load_classification(train_data, test.classnames, train_split)
 
 
-def run(spec, ctx) -> dict:
+def run(spec: TaskSpec, ctx: TaskContext) -> dict:
     config = probe_config(spec)
     names = load_classnames(spec.option("classnames")) if spec.option("classnames") is not None else None
     test_set, train_set = datasets(spec, names)

@@ -1,21 +1,27 @@
 """Zero-shot classification: image features x text classifier -> acc1, acc5, mean per-class recall."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eval.datasets import load_classification
 from eval.metrics import classification_metrics
 from eval.prompts import load_classnames, load_templates
 
+if TYPE_CHECKING:
+    from eval.suite import TaskSpec
+    from eval.tasks.context import TaskContext
+
 OPTIONS = frozenset({"classnames", "templates"})
 
 
-def check(spec) -> None:
+def check(spec: TaskSpec) -> None:
     for key in OPTIONS:
         value = spec.option(key)
         if value is not None and not isinstance(value, (str, list)):
             raise ValueError(f"{key}: must be a name, a file path or a list of strings")
 
 
-def run(spec, ctx) -> dict:
+def run(spec: TaskSpec, ctx: TaskContext) -> dict:
     names = load_classnames(spec.option("classnames")) if spec.option("classnames") is not None else None
     dataset = load_classification(spec.data, names, spec.split)
     ctx.note(dataset.split_note)

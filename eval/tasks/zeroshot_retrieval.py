@@ -1,21 +1,27 @@
 """Image-text retrieval: recall@1/5/10 both ways over every caption of every readable image."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from eval.datasets import load_retrieval
 from eval.features import encode_texts
 from eval.metrics import retrieval_metrics
 
+if TYPE_CHECKING:
+    from eval.suite import TaskSpec
+    from eval.tasks.context import TaskContext
+
 OPTIONS = frozenset({"image_root"})
 
 
-def check(spec) -> None:
+def check(spec: TaskSpec) -> None:
     if spec.option("image_root") is not None and not isinstance(spec.option("image_root"), str):
         raise ValueError("image_root: must be a folder path")
 
 
-def run(spec, ctx) -> dict:
+def run(spec: TaskSpec, ctx: TaskContext) -> dict:
     dataset = load_retrieval(spec.data, spec.split, spec.option("image_root"))
     ctx.note(dataset.split_note)
     found = ctx.image_features(dataset, "retrieval", spec.max_samples, {"image_root": spec.option("image_root")})
