@@ -167,6 +167,7 @@ def _check(ok: bool, name: str, message: str) -> None:
 # --- loading -------------------------------------------------------------------------------------
 
 
+MAX_CONFIG_BYTES = 2**20
 MAX_CONFIG_VALUES = 100_000  # far above any real config; a YAML alias bomb expands past it at once
 _INT64 = 2**63
 
@@ -256,6 +257,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}; see pretrain/configs/ for examples")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {path.stat().st_size} bytes, more than a config needs "
+                              f"({MAX_CONFIG_BYTES}); pass the YAML config itself")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:

@@ -57,6 +57,16 @@ def test_repeated_keys_that_agree_and_empty_sections_still_load(tmp_path):
     assert cfg.seed == 3 and cfg.model.name == "clip-tiny"
 
 
+def test_huge_or_undecodable_config_files_are_refused(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text(BASE + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r"bytes, more than a config needs"):
+        load_config(path)
+    path.write_bytes(BASE.encode() + b"run_dir: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text"):
+        load_config(path)  # today: a UnicodeDecodeError traceback
+
+
 def test_cli_prints_one_line_for_an_invalid_override(tmp_path, capsys):
     assert main(["--config", str(write(tmp_path, BASE)), "optim.lr=[1,"]) == 2
     err = capsys.readouterr().err
