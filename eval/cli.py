@@ -17,7 +17,8 @@ def default_device() -> str:
 
 
 def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
+    # One core stays with the main process, which runs the model (on CPU) or feeds the GPU.
+    return min(8, (os.cpu_count() or 1) - 1)
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
                         help="bf16 = autocast around the towers; similarities stay fp32")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="DataLoader worker processes decoding images (0: in the main process)")
+                        help="DataLoader worker processes decoding images (default min(8, CPUs - 1); 0: in the main process)")
 
 
 def setup_ranks(args: argparse.Namespace) -> Ranks:

@@ -129,7 +129,7 @@ def extract_image_features(encoder: Encoder, records: Iterable[Any], *, batch_si
     ranks = current_ranks()
     shard = RankShard(records, encoder.preprocess, batch_size, rank=ranks.rank, world_size=ranks.world_size,
                       max_samples=max_samples)
-    loader = DataLoader(shard, batch_size=None, num_workers=workers)
+    loader = DataLoader(shard, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available())
     indices, features, labels, captions, keys, skipped = [], [], [], [], [], 0
     start = time.perf_counter()
     batches = iter(loader)

@@ -37,7 +37,8 @@ class ProbeConfig:
 
 
 def per_class_rows(labels: torch.Tensor, generator: torch.Generator) -> dict[int, torch.Tensor]:
-    """Row indices of each class, in a seeded random order."""
+    """Row indices of each class, in a seeded random order (CPU indices, whatever labels' device)."""
+    labels = labels.cpu()
     return {int(c): (labels == c).nonzero().flatten()[torch.randperm(int((labels == c).sum()), generator=generator)]
             for c in labels.unique()}
 
