@@ -133,7 +133,10 @@ def extract_image_features(encoder: Encoder, records: Iterable[Any], *, batch_si
     indices, features, labels, captions, keys, skipped = [], [], [], [], [], 0
     start = time.perf_counter()
     batches = iter(loader)
-    bar = tqdm(desc=desc, unit="img", disable=not (progress and ranks.is_main))
+    total = len(records) if hasattr(records, "__len__") else None
+    if total is not None and max_samples:
+        total = min(total, max_samples)
+    bar = tqdm(desc=desc, total=total, unit="img", disable=not (progress and ranks.is_main))
     while True:
         batch = next(batches, None)
         if not any_rank(batch is not None):
