@@ -193,3 +193,16 @@ def test_checkpoint_without_a_training_state_is_refused_in_one_line(client_state
         restore(None, Loader(), TrainState(), Loaded(), tmp_path, None, ONE_PROCESS)  # today: a KeyError traceback
     assert "\n" not in str(info.value)
 
+
+
+@pytest.mark.parametrize("payload", ["tensor_subclass", "pickled_payload"])
+def test_checkpoint_files_with_tensor_subclasses_or_payloads_are_refused(payload, tmp_path):
+    """Already refused before issue #17 (weights_only loading); kept as a regression test."""
+    from pretrain.checkpoint import consolidated_state_dict
+
+    step = fake_checkpoint(tmp_path / "run" / "checkpoints", 3, "x")
+    module = {"w": torch.ones(2).as_subclass(TensorSubclass)} if payload == "tensor_subclass" else {"x": Payload()}
+    torch.save({"module": module}, step / "mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError, match=r"refusing to load .*pickled objects that could run code") as info:
+        consolidated_state_dict(step)
+    assert "\n" not in str(info.value) and not Path("/tmp/pwned-by-weights").exists()
