@@ -11,19 +11,43 @@ offsets, so this module walks the members with :mod:`tarfile` itself and keeps t
 files only, ``__*__`` metadata names skipped, the key/extension split of ``base_plus_ext``, lower-case
 extensions, a repeated extension within a sample is an error, and a sample cut short by damage is
 still handed out (with the members read before it) before the error is raised.
+
+Remote shards: ``http(s)://`` is read with urllib (a ``Range`` request starts it at an offset; a
+connection closed before Content-Length is an error, not a quiet end), ``s3://`` with fsspec when
+s3fs is installed (seekable) and else through ``aws s3 cp URL -``, ``pipe:`` and other schemes
+through webdataset's gopen (read from the start, skipping to the offset). Only uncompressed
+``.tar`` names are started at an offset. A remote read that fails (I/O or tar error, timeout, a
+failed command, HTTP 5xx/408/429) is reopened at the sample it was reading, after a doubling
+back-off, up to ``RETRIES`` times in a row without a new sample; then it ends as damage. Local
+files are never retried: their damage is permanent.
 """
 from __future__ import annotations
 
+import http.client
+import logging
+import random
 import re
+import shlex
 import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from typing import IO, Iterator
 
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
+log = logging.getLogger(__name__)
+
 SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator default
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: offsets are not seekable
+RETRIES = 5  # failed attempts in a row (no new sample in between) before a remote shard counts as damaged
+BACKOFF_S = 0.5  # first retry delay; doubles per failed attempt, up to BACKOFF_MAX_S
+BACKOFF_MAX_S = 16.0
+READ_TIMEOUT_S = 60.0  # an HTTP connection silent this long fails (and is retried) instead of hanging
+TRANSIENT_HTTP = {408, 429}  # besides 5xx: worth asking again; other 4xx are permanent
 
 
 @dataclass
@@ -68,35 +92,101 @@ def _member_end(info: tarfile.TarInfo) -> int:
     return info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
-def _open(url: str, start: int, stats: ReadStats) -> tuple[tarfile.TarFile, IO[bytes]]:
-    """A tar reader positioned at or before byte ``start`` of ``url``, and the raw stream to close.
+def _open(url: str, start: int, stats: ReadStats) -> tuple[tarfile.TarFile, IO[bytes], int]:
+    """A tar reader positioned at or before byte ``start`` of ``url``, the raw stream to close, and
+    the shard offset of the stream's first byte (tarfile counts member offsets from there).
 
     An uncompressed local file is opened in tarfile's random-access mode after seeking to ``start``
-    (its member offsets are then absolute and nothing before ``start`` is read); anything else
-    (pipe:, URLs, compressed tars) is a forward-only stream read from its first byte.
+    (nothing before it is read); anything else is a forward-only stream, started at ``start`` where
+    the source can seek or serve a range, else at the shard's first byte.
     """
-    raw = open(_local_path(url), "rb") if is_local(url) else gopen(url)  # noqa: SIM115 - closed by the caller
+    raw, base = _open_raw(url, start)
     try:
         if is_local(url):
             compressed = raw.read(6).startswith(COMPRESSED_MAGIC)
             raw.seek(0 if compressed else start)
             if not compressed:
-                return tarfile.TarFile(fileobj=CountingReader(raw, stats)), raw  # type: ignore[arg-type]
-        return tarfile.open(fileobj=CountingReader(raw, stats), mode="r|*"), raw  # type: ignore[call-overload]
+                return tarfile.TarFile(fileobj=CountingReader(raw, stats)), raw, 0  # type: ignore[arg-type]
+        return tarfile.open(fileobj=CountingReader(raw, stats), mode="r|*"), raw, base  # type: ignore[call-overload]
     except BaseException:
         _close_quietly(raw)
         raise
 
 
-def _members(tar: tarfile.TarFile, start: int) -> Iterator[tarfile.TarInfo]:
+def _open_raw(url: str, start: int) -> tuple[IO[bytes], int]:
+    """The bytes of ``url`` from ``start`` where the source allows it, else from 0; and that start."""
+    start = start if _plain_tar_name(url) else 0  # a compressed stream cannot be entered in the middle
+    scheme = urllib.parse.urlparse(url).scheme if not url.startswith("pipe:") else "pipe"
+    if is_local(url):
+        return open(_local_path(url), "rb"), 0  # noqa: SIM115 - closed by the caller; _open seeks it
+    if scheme in ("http", "https"):
+        return _open_http(url, start)
+    if scheme == "s3":
+        return _open_s3(url, start)
+    return gopen(url), 0  # pipe:, gs://, hf://, ...: webdataset's openers, forward only
+
+
+def _plain_tar_name(url: str) -> bool:
+    path = urllib.parse.urlparse(url).path if not url.startswith("pipe:") else ""
+    return is_local(url) or path.endswith(".tar")
+
+
+def _open_http(url: str, start: int) -> tuple[IO[bytes], int]:
+    headers = {"Range": f"bytes={start}-"} if start else {}
+    response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=READ_TIMEOUT_S)
+    base = start if response.status == 206 else 0  # a server that ignores Range sends it all: skip ahead
+    length = response.headers.get("Content-Length")
+    return LengthChecked(response, int(length) if length is not None else None), base
+
+
+def _open_s3(url: str, start: int) -> tuple[IO[bytes], int]:
+    try:
+        import fsspec  # noqa: PLC0415 - optional: only s3:// shards need it (with s3fs)
+
+        filesystem = fsspec.filesystem("s3")
+    except ImportError:  # no fsspec or no s3fs: the aws CLI, forward only
+        return gopen(f"pipe:aws s3 cp {shlex.quote(url)} -"), 0
+    handle = filesystem.open(url, "rb")
+    handle.seek(start)
+    return handle, start
+
+
+class LengthChecked:
+    """An HTTP response whose early end is an error: http.client returns b"" when the peer closes
+    before Content-Length, which tarfile would take for the end of the archive at a member boundary."""
+
+    def __init__(self, response: http.client.HTTPResponse, length: int | None) -> None:
+        self.response, self.remaining = response, length
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.response.read(size)
+        if self.remaining is not None:
+            self.remaining -= len(data)
+            if not data and size != 0 and self.remaining > 0:
+                raise ConnectionError(f"connection closed with {self.remaining} bytes of the response unread")
+        return data
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def _members(tar: tarfile.TarFile, start: int, base: int) -> Iterator[tarfile.TarInfo]:
     """Headers of the regular, non-metadata members from ``start`` on (their data is not read yet)."""
     while (info := tar.next()) is not None:
         tar.members.clear()  # tarfile remembers every member it read: keep memory flat over big shards
-        if info.offset >= start and info.isreg() and not SKIP_META.match(info.name):
+        if base + info.offset >= start and info.isreg() and not SKIP_META.match(info.name):
             yield info  # in stream mode tarfile reads past the data of members skipped here
 
 
-def _group(tar: tarfile.TarFile, url: str, start: int, stats: ReadStats) -> Iterator[dict]:
+class _Damage(Exception):
+    """A read that failed: the error, and the part of the sample read before it (None if nothing)."""
+
+    def __init__(self, error: BaseException, partial: dict | None) -> None:
+        super().__init__(error)
+        self.error, self.partial = error, partial
+
+
+def _group(tar: tarfile.TarFile, url: str, start: int, base: int, stats: ReadStats) -> Iterator[dict]:
     """Consecutive members sharing a key -> one sample dict (webdataset's group_by_keys, plus offsets).
 
     A sample is handed out as soon as the next member's header shows another key, before that
@@ -104,7 +194,7 @@ def _group(tar: tarfile.TarFile, url: str, start: int, stats: ReadStats) -> Iter
     """
     sample: dict | None = None
     try:
-        for info in _members(tar, start):
+        for info in _members(tar, start, base):
             prefix, suffix = base_plus_ext(info.name)
             if prefix is None:
                 continue
@@ -112,16 +202,14 @@ def _group(tar: tarfile.TarFile, url: str, start: int, stats: ReadStats) -> Iter
             if sample is None or prefix != sample["__key__"]:
                 if sample is not None:
                     yield sample
-                sample = {"__key__": prefix, "__url__": url, "__offset__": info.offset}
+                sample = {"__key__": prefix, "__url__": url, "__offset__": base + info.offset}
             if suffix in sample:
                 raise ValueError(f"{info.name}: duplicate file name in tar file")
             stats.members += 1
             sample[suffix] = tar.extractfile(info).read()  # type: ignore[union-attr]  # regular: has data
-            sample["__end__"] = _member_end(info)
-    except Exception:
-        if sample is not None and "__end__" in sample:  # members read before the damage: the decoder judges them
-            yield sample
-        raise
+            sample["__end__"] = base + _member_end(info)
+    except Exception as exn:
+        raise _Damage(exn, sample if sample is not None and "__end__" in sample else None) from exn
     if sample is not None:
         yield sample
 
@@ -129,20 +217,54 @@ def _group(tar: tarfile.TarFile, url: str, start: int, stats: ReadStats) -> Iter
 def iter_samples(url: str, start: int, stats: ReadStats) -> Iterator[dict]:
     """Samples of the tar ``url`` from byte ``start`` (0 or a sample's ``__offset__`` / ``__end__``).
 
-    Each is a dict: __key__, __url__, __offset__, __end__ and one bytes value per extension. Damage
-    ends the iteration with the tar or I/O error (after the part of a sample read before it); a
-    ``pipe:`` command that exits with an error status raises when the stream is closed at the end.
+    Each is a dict: __key__, __url__, __offset__, __end__ and one bytes value per extension. A
+    remote read that fails is reopened at the sample it was reading (see the module docstring);
+    damage that stays ends the iteration with its error, after the part of a sample read before it.
     """
-    tar, raw = _open(url, start, stats)
+    position, failures = start, 0
+    while True:
+        try:
+            for sample in _read_once(url, position, stats):
+                position, failures = sample["__end__"], 0
+                yield sample
+            return
+        except _Damage as damage:
+            if is_local(url) or failures >= RETRIES or not _transient(damage.error):
+                if damage.partial is not None:  # members read before the damage: the decoder judges them
+                    yield damage.partial
+                raise damage.error from None
+            failures += 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)  # spread workers
+            log.warning("data: %s at byte %d of %s (%s); retry %d of %d in %.1f s", type(damage.error).__name__,
+                        position, url, str(damage.error)[:200], failures, RETRIES, delay)
+            time.sleep(delay)
+
+
+def _read_once(url: str, start: int, stats: ReadStats) -> Iterator[dict]:
+    """One attempt: samples from ``start`` over one connection; any failure is raised as _Damage."""
+    try:
+        tar, raw, base = _open(url, start, stats)
+    except Exception as exn:  # noqa: BLE001 - the caller decides between retrying and damage
+        raise _Damage(exn, None) from exn
     finished = False
     try:
-        yield from _group(tar, url, start, stats)
+        yield from _group(tar, url, start, base, stats)
         finished = True
     finally:
-        if finished:
-            raw.close()  # webdataset's pipe object raises here when the command failed
-        else:
+        if not finished:
             _close_quietly(raw)  # stopped early or failing already: a pipe's exit status is noise now
+    try:
+        raw.close()  # webdataset's pipe object raises here when the command failed
+    except Exception as exn:  # noqa: BLE001
+        raise _Damage(exn, None) from exn
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth reading again: I/O and tar errors (a cut connection shows as either), timeouts,
+    failed commands, HTTP 5xx/408/429. Not: other HTTP statuses, a duplicate member name."""
+    if isinstance(error, urllib.error.HTTPError):
+        return error.code >= 500 or error.code in TRANSIENT_HTTP
+    return isinstance(error, (OSError, EOFError, tarfile.TarError, http.client.HTTPException))
 
 
 def _close_quietly(raw: IO[bytes]) -> None:
