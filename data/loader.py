@@ -21,6 +21,10 @@ this rank's workers is still reading.
 Resampled mode: each slot draws shards with replacement, first a source by its mixing weight,
 then a shard uniformly within it, from an RNG seeded by (seed, rank, worker).
 
+Shards are local tars, ``http(s)://`` and ``s3://`` URLs or ``pipe:`` commands (data.tarstream):
+a remote read that fails is reopened at the sample it was reading, with bounded retries and
+back-off, so a dropped connection neither loses nor repeats samples.
+
 Exact resume: a worker's stream up to the decode stage depends only on (seed, rank, worker,
 shards). Its *cursor* counts the items taken from the shuffle buffer (including ones later skipped)
 and seeds each sample's augmentation and each batch's MLM mask. Where the stream stands after a
@@ -204,6 +208,7 @@ def _rng_from_ints(ints: list[int]) -> random.Random:
     return rng
 
 
+RNG_INTS = len(_rng_ints(random.Random()))  # 626: version, 624 state words, position
 STREAM_FIELDS = ("epoch", "index", "shard", "offset", "last_key", "barren", "draining", "shuffle_rng",
                  "draw_rng", "held", "markers")
 
@@ -631,13 +636,25 @@ class StreamingLoader:
 
 
 def _worker_state(saved: dict, version: int) -> WorkerState:
-    """One worker's entry of a checkpoint; a stream state must carry every SlotStream field."""
+    """One worker's entry of a checkpoint; a stream state must carry every SlotStream field, with
+    held-item references of 3 ints and a whole Mersenne Twister state (version + 624 words + index)."""
     stream = saved.get("stream") if version >= 2 else None
-    if stream is not None and (not isinstance(stream, dict) or set(STREAM_FIELDS) - set(stream)):
-        missing = sorted(set(STREAM_FIELDS) - set(stream)) if isinstance(stream, dict) else "all"
-        raise ValueError(f"data state: a worker's stream state lacks {missing}; the checkpoint is damaged: "
-                         "resume from another step_* dir")
+    if stream is not None:
+        problem = _stream_state_problem(stream)
+        if problem:
+            raise ValueError(f"data state: a worker's stream state {problem}; the checkpoint is damaged: "
+                             "resume from another step_* dir")
     return WorkerState(int(saved["cursor"]), int(saved["epoch"]), dict(saved["skipped"]), stream)
+
+
+def _stream_state_problem(stream: object) -> str:
+    if not isinstance(stream, dict) or set(STREAM_FIELDS) - set(stream):
+        return f"lacks {sorted(set(STREAM_FIELDS) - set(stream)) if isinstance(stream, dict) else 'all fields'}"
+    if any(not isinstance(ref, (list, tuple)) or len(ref) != 3 for ref in stream["held"]):
+        return "has a held-item reference that is not (shard, offset, round)"
+    if len(stream["shuffle_rng"]) != RNG_INTS or len(stream["draw_rng"]) not in (0, RNG_INTS):
+        return f"has an RNG state that is not {RNG_INTS} ints"
+    return ""
 
 
 def build_loader(

@@ -180,5 +180,10 @@ def test_unknown_or_damaged_states_are_refused_in_one_line(tmp_path, make_loader
     broken = state | {"workers": [state["workers"][0] | {"stream": {"epoch": 0}}, state["workers"][1]]}
     with pytest.raises(ValueError, match=r"^data state: a worker's stream state lacks \['barren'"):
         make_loader(str(tmp_path), workers=2).load_state_dict(broken)
+    stream = state["workers"][0]["stream"]
+    for bad, problem in (({"shuffle_rng": stream["shuffle_rng"][:-1]}, "RNG state"), ({"held": [[0, 1]]}, "reference")):
+        broken = state | {"workers": [state["workers"][0] | {"stream": stream | bad}, state["workers"][1]]}
+        with pytest.raises(ValueError, match=f"^data state: a worker's stream state has an? .*{problem}"):
+            make_loader(str(tmp_path), workers=2).load_state_dict(broken)
     with pytest.raises(ValueError, match="^data state: shuffle_buffer is 8 in the checkpoint but 16 now"):
         make_loader(str(tmp_path), workers=2, shuffle_buffer=16).load_state_dict(state)
