@@ -53,6 +53,10 @@ class EvalDataset:
     split: str | None = None  # the split read, for sources that have splits
     split_note: str = ""  # set when the split was chosen by default, for the output
     templates: list[str] | None = None  # zero-shot templates shipped with the data (CLIP_benchmark layout)
+    cache_key: tuple = ()  # identifies the records for the feature cache (default: name, split, classnames)
+
+    def __post_init__(self) -> None:
+        self.cache_key = self.cache_key or ("records", self.name, self.split, tuple(self.classnames or ()))
 
 
 def open_file(path: Path) -> Callable[[], Image.Image]:
@@ -163,24 +167,40 @@ def read_shard_classnames(folder: Path | None) -> list[str] | None:
     return benchmark_wds.classnames(folder)
 
 
-def shard_classification_records(urls: list[str], classnames: list[str], spec: str) -> Iterator[ImageRecord]:
-    index = {name: i for i, name in enumerate(classnames)}
+def shard_records(urls: list[str], classnames: list[str] | None, spec: str, *,
+                  need_labels: bool) -> Iterator[ImageRecord]:
+    """Every sample with its label (cls index or json "label" among `classnames`; -1 when unknown)
+    and its captions (json "captions", else one per txt line). The same records serve zero-shot,
+    probe and retrieval tasks, so their features are shared; `need_labels` makes an unknown class
+    a one-line error instead of -1."""
+    index = {name: i for i, name in enumerate(classnames or [])}
     for sample in shard_samples(urls):
         key = sample.get("__key__", "?")
-        if "cls" in sample:
-            label = int(sample["cls"].decode().strip())
-            if not 0 <= label < len(classnames):
-                raise ValueError(f"unknown class index {label} in {spec} sample {key}; "
-                                 f"only {len(classnames)} class names are known")
-        else:
-            name = sample_json(sample).get("label")
-            if name not in index:
-                raise ValueError(f"unknown class {name!r} in {spec} sample {key}; "
-                                 f"shards need a cls key or a json label from the class names")
-            label = index[name]
+        meta = sample_json(sample)
+        label, problem = sample_label(sample, meta, classnames, index)
+        if need_labels and problem:
+            raise ValueError(f"{problem} in {spec} sample {key}; shards need a cls key or a json label "
+                             f"from the {len(index)} class names")
+        # Our shards keep every caption in json["captions"]; CLIP_benchmark's put one per txt line.
+        captions = meta.get("captions") or (sample["txt"].decode().splitlines() if "txt" in sample else [])
         data = sample_image_bytes(sample)
         load = open_bytes(data) if data is not None else _missing_image(key)
-        yield ImageRecord(key=key, load=load, label=label)
+        yield ImageRecord(key=key, load=load, label=label,
+                          captions=[str(c).strip() for c in captions if str(c).strip()])
+
+
+def sample_label(sample: dict[str, Any], meta: dict, classnames: list[str] | None,
+                 index: dict[str, int]) -> tuple[int, str]:
+    """(label, "") or (-1, what is wrong)."""
+    if "cls" in sample:
+        label = int(sample["cls"].decode().strip())
+        if classnames is not None and 0 <= label < len(classnames):
+            return label, ""
+        return -1, f"unknown class index {label}"
+    name = meta.get("label")
+    if name in index:
+        return index[name], ""
+    return -1, f"unknown class {name!r}"
 
 
 def _missing_image(key: str) -> Callable[[], Image.Image]:
@@ -254,9 +274,10 @@ def load_classification(spec: str | list[str], classnames: list[str] | None = No
             raise ValueError(f"--classnames has {len(classnames)} names but {source.folder} has "
                              f"{len(found)}; drop --classnames or fix the file")
         names = classnames or found
-        records = _Restartable(lambda: shard_classification_records(source.urls, names, str(spec)))
+        records = _Restartable(lambda: shard_records(source.urls, names, str(spec), need_labels=True))
         return EvalDataset(name=str(spec), records=records, classnames=names, split=source.split,
-                           split_note=source.split_note, templates=benchmark_wds.templates(source.folder))
+                           split_note=source.split_note, templates=benchmark_wds.templates(source.folder),
+                           cache_key=("shards", tuple(source.urls), tuple(names)))
     if split is not None:
         raise ValueError(f"dataset {spec}: has no splits (split {split!r} given); drop split/--split "
                          f"or point at shards")
@@ -332,23 +353,15 @@ def check_image_root(records: list[ImageRecord], image_root: Path, spec: str) ->
                                 f"pass --image-root / image_root: the folder the file names are relative to")
 
 
-def shard_caption_records(urls: list[str]) -> Iterator[ImageRecord]:
-    for sample in shard_samples(urls):
-        key = sample.get("__key__", "?")
-        meta = sample_json(sample)
-        # Our shards keep every caption in json["captions"]; CLIP_benchmark's put one per txt line.
-        captions = meta.get("captions") or (sample["txt"].decode().splitlines() if "txt" in sample else [])
-        data = sample_image_bytes(sample)
-        load = open_bytes(data) if data is not None else _missing_image(key)
-        yield ImageRecord(key=key, load=load, captions=[str(c).strip() for c in captions if str(c).strip()])
-
-
 def load_retrieval(spec: str | list[str], split: str | None = None, image_root: str | None = None) -> EvalDataset:
     """Open an image-captions source (several captions per image)."""
     if isinstance(spec, list) or is_shard_spec(spec):
         source = expand_shards(spec, split)
-        return EvalDataset(name=str(spec), records=_Restartable(lambda: shard_caption_records(source.urls)),
-                           split=source.split, split_note=source.split_note)
+        # Labels too, when class names sit beside the shards: a zero-shot task then reuses these features.
+        names = read_shard_classnames(source.folder)
+        records = _Restartable(lambda: shard_records(source.urls, names, str(spec), need_labels=False))
+        return EvalDataset(name=str(spec), records=records, split=source.split, split_note=source.split_note,
+                           cache_key=("shards", tuple(source.urls), tuple(names) if names else None))
     if split is not None:
         raise ValueError(f"dataset {spec}: has no splits (split {split!r} given); drop split/--split "
                          f"or point at shards")
@@ -365,4 +378,4 @@ def load_retrieval(spec: str | list[str], split: str | None = None, image_root: 
         raise ValueError(f"dataset {spec}: unknown kind; expected {RETRIEVAL_HELP}")
     records = readers[path.suffix](path, root)
     check_image_root(records, root, spec)
-    return EvalDataset(name=str(spec), records=records)
+    return EvalDataset(name=str(spec), records=records, cache_key=("records", str(spec), str(root)))

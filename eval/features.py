@@ -57,6 +57,13 @@ class ImageFeatures:
         if self.seen == self.skipped:
             raise ValueError(f"dataset {name}: all {self.seen} images were unreadable")
 
+    def check_labelled(self, name: str) -> None:
+        """Classification needs every image's class; records cached by a retrieval task may lack one."""
+        missing = int((self.labels < 0).sum())
+        if missing:
+            raise ValueError(f"dataset {name}: {missing} images have no known class (cls or json label); "
+                             f"add classnames beside the shards or fix the samples")
+
     def subset(self, rows: torch.Tensor) -> "ImageFeatures":
         """The images at `rows` (a [K] index tensor), counts reset to them."""
         index = rows.tolist()

@@ -34,11 +34,10 @@ class TaskContext:
     # Without a model_id, features are still shared between the tasks of one context (one suite run).
     run_id: str = field(default_factory=lambda: f"unnamed-{uuid.uuid4().hex}")
 
-    def image_features(self, dataset: EvalDataset, kind: str, max_samples: int | None,
-                       extra: dict | None = None) -> ImageFeatures:
-        """Features of `dataset`, computed once per (model_id, kind, data, split, max_samples)."""
-        key = {"kind": kind, "data": dataset.name, "split": dataset.split, "max_samples": max_samples,
-               **(extra or {})}
+    def image_features(self, dataset: EvalDataset, kind: str, max_samples: int | None) -> ImageFeatures:
+        """Features of `dataset`, computed once per (model_id, records, max_samples): tasks that read
+        the same records (e.g. zero-shot, probe and retrieval on one shard split) share them."""
+        key = {"records": dataset.cache_key, "max_samples": max_samples}
         return FEATURES.get(self.model_id or self.run_id, key, lambda: extract_image_features(
             self.encoder, dataset.records, batch_size=self.batch_size, workers=self.workers,
             max_samples=max_samples, desc=f"{kind} {dataset.name}", progress=self.progress),

@@ -63,6 +63,7 @@ def run(spec: TaskSpec, ctx: TaskContext) -> dict:
     ctx.note(test_set.split_note)
     test = ctx.image_features(test_set, "classification", spec.max_samples)
     test.check_nonempty(test_set.name)
+    test.check_labelled(test_set.name)
     skipped = test.skipped
     if train_set is None:
         train_rows, test_rows = holdout_split(test.labels, spec.option("holdout"), config.seed)
@@ -70,6 +71,7 @@ def run(spec: TaskSpec, ctx: TaskContext) -> dict:
     else:
         train = ctx.image_features(train_set, "classification", None)
         train.check_nonempty(train_set.name)
+        train.check_labelled(train_set.name)
         skipped += train.skipped
     device = torch.device(ctx.device)
     metrics, sweep = linear_probe(train.features.to(device), train.labels.to(device), test.features.to(device),

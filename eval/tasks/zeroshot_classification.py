@@ -29,6 +29,7 @@ def run(spec: TaskSpec, ctx: TaskContext) -> dict:
     templates = load_templates(spec.option("templates") or dataset.templates)
     found = ctx.image_features(dataset, "classification", spec.max_samples)
     found.check_nonempty(dataset.name)
+    found.check_labelled(dataset.name)
     classifier = ctx.classifier(dataset.classnames, templates)
     logits = found.features @ classifier  # fp32 cosine similarities [N, C]
     return {"metrics": classification_metrics(logits, found.labels), "num_samples": found.num_images,

@@ -24,7 +24,7 @@ def check(spec: TaskSpec) -> None:
 def run(spec: TaskSpec, ctx: TaskContext) -> dict:
     dataset = load_retrieval(spec.data, spec.split, spec.option("image_root"))
     ctx.note(dataset.split_note)
-    found = ctx.image_features(dataset, "retrieval", spec.max_samples, {"image_root": spec.option("image_root")})
+    found = ctx.image_features(dataset, "retrieval", spec.max_samples)
     found.check_nonempty(dataset.name)
     captions = [caption for per_image in found.captions for caption in per_image]
     if not captions:

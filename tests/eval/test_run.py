@@ -98,7 +98,7 @@ def test_run_suite_records_and_caches(checkpoints: dict, tmp_path: Path) -> None
     assert encoder.image_calls == images_first
     assert from_disk[0]["metrics"] == records[0]["metrics"]
     assert sorted(path.name.split("-")[0] for path in (tmp_path / "cache").iterdir()) == [
-        "classifier", "features", "features"]
+        "classifier", "features", "features"]  # rt reads only 4 images: its own entry
     run.run_suite(encoder, suite, batch_size=4, model_id="step_2", progress=False)
     assert {key[0] for key in context._classifiers} == {"step_2"} and context.FEATURES.model_id == "step_2"
     assert encoder.image_calls > images_first
@@ -119,6 +119,22 @@ def test_tasks_on_one_dataset_encode_its_images_once(checkpoints: dict, tmp_path
     assert encoder.image_calls == 4  # ceil(10 / 3) batches, for both tasks together
     assert records[1]["num_samples"] == 4 and records[1]["num_train"] == 6
     assert records[0]["split"] == "val" and notes == []  # a single split needs no note
+
+
+def test_retrieval_and_zeroshot_share_shard_features_but_not_missing_labels(checkpoints: dict,
+                                                                           tmp_path: Path) -> None:
+    encoder = CountingEncoder(load_checkpoint(checkpoints["export_dir"][0]))
+    samples = [{"key": f"k{i}", "colour": (30 * i, 60, 90), "cls": i % 2, "captions": [f"c{i}"]} for i in range(6)]
+    shards = write_shards(tmp_path / "shards", samples, ["cat", "dog"])
+    tasks = [{"name": "rt", "task": "retrieval", "data": str(shards)},
+             {"name": "zs", "task": "zeroshot", "data": f"{shards}::val", "templates": ["a {}."]}]
+    run.run_suite(encoder, parse_suite({"tasks": tasks}, "s.yaml"), batch_size=4, progress=False)
+    assert encoder.image_calls == 2  # ceil(6 / 4), once for both tasks
+    samples[2]["cls"] = 7  # no such class: retrieval does not care, zero-shot must refuse either way
+    write_shards(tmp_path / "shards", samples, ["cat", "dog"])
+    for order in (tasks, tasks[::-1]):
+        with pytest.raises(ValueError, match=r"(1 images have no known class|unknown class index 7)"):
+            run.run_suite(encoder, parse_suite({"tasks": order}, "s.yaml"), batch_size=4, progress=False)
 
 
 @pytest.mark.slow
