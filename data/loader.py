@@ -47,6 +47,7 @@ import itertools
 import json
 import logging
 import random
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -580,7 +581,8 @@ class StreamingLoader:
             # every sample themselves, so this seed does not matter.
             stream: Iterable[dict] = DataLoader(dataset, batch_size=None, num_workers=self.plan.num_slots,
                                                 prefetch_factor=self._prefetch_factor, in_order=True,
-                                                pin_memory=self._pin_memory, generator=torch.Generator())
+                                                pin_memory=self._pin_memory, generator=torch.Generator(),
+                                                worker_init_fn=_ignore_stop_signals)
         else:
             stream = dataset
         for batch in stream:
@@ -655,6 +657,15 @@ def _stream_state_problem(stream: object) -> str:
     if len(stream["shuffle_rng"]) != RNG_INTS or len(stream["draw_rng"]) not in (0, RNG_INTS):
         return f"has an RNG state that is not {RNG_INTS} ints"
     return ""
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM / SIGINT / SIGUSR1: launchers (torchrun's killpg, SLURM,
+    a terminal's Ctrl-C) signal the whole process group, and a worker that died of it would fail
+    the trainer's next batch before it could checkpoint. The trainer handles the signal and shuts
+    its workers down itself; they also exit when the trainer process dies."""
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(stop, signal.SIG_IGN)
 
 
 def build_loader(

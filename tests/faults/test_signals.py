@@ -15,14 +15,7 @@ from tests.faults.helpers import command, kill_group, logged_steps, start, wait_
 pytestmark = pytest.mark.slow
 
 
-SIGTERM_NEEDS_LOADER_FIX = pytest.mark.xfail(strict=True, reason=(
-    "torchrun forwards with killpg, and torch's DataLoader workers die on SIGTERM, which fails the "
-    "trainer's next batch; needs data/loader.py to ignore SIGTERM/SIGINT/SIGUSR1 in its workers "
-    "(worker_init_fn), the trainer stops them itself"))
-
-
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, id="SIGINT"),
-                                 pytest.param(signal.SIGTERM, marks=SIGTERM_NEEDS_LOADER_FIX, id="SIGTERM")])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")])
 def test_signal_to_torchrun_only_checkpoints_and_exits(sig, tmp_path, demo_shards):
     """Ctrl-C reaches torchrun alone (its workers run in sessions of their own); it forwards the
     signal. Today SIGINT made every worker die in a KeyboardInterrupt traceback without a save."""
