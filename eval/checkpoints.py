@@ -2,7 +2,7 @@
 
 Accepted kinds:
   (a) a training run directory, or one of its `checkpoints/<tag>` DeepSpeed directories
-      (read through `pretrain.checkpoint`);
+      (read through `common.checkpoint_files`);
   (b) an exported weights file (`.pt`, `.pth`, `.bin`, `.safetensors`) with
       `open_clip_config.json` beside it, or a directory holding such a pair (RUN/export);
   (c) any weights file plus `model_name` naming a registered open_clip config.
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
+from common import checkpoint_files
 from eval.encoder import autocast_context, check_precision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,14 +178,9 @@ def resolve_source(path: Path, model_name: str | None) -> Resolved:
 
 def resolve_training_checkpoint(path: Path, model_name: str | None) -> Resolved:
     try:
-        from pretrain import checkpoint as pretrain_checkpoint
-    except ImportError as err:
-        raise ValueError(f"checkpoint {path}: run directories need pretrain.checkpoint ({err}); "
-                         f"load RUN/export/model.safetensors instead") from err
-    try:
-        state_dict = pretrain_checkpoint.consolidated_state_dict(path)
-        raw = pretrain_checkpoint.read_model_config(path) if model_name is None else {}
-    except RuntimeError as err:  # pretrain.checkpoint.CheckpointError: already one line with the fix
+        state_dict = checkpoint_files.consolidated_state_dict(path)
+        raw = checkpoint_files.read_model_config(path) if model_name is None else {}
+    except checkpoint_files.CheckpointError as err:  # already one line with the fix
         raise ValueError(f"checkpoint {path}: {err}") from None
     preprocess_cfg: dict = {}
     if model_name is None:

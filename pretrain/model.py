@@ -22,6 +22,7 @@ import torch.nn as nn
 from open_clip.factory import merge_preprocess_dict
 from open_clip.model import CLIP, CustomTextCLIP, set_model_preprocess_cfg
 
+from common.checkpoint_files import to_open_clip_state_dict
 from pretrain.losses import LossConfig, log_temperature_init
 from pretrain.mlm import TextMLM, _register_external
 
@@ -185,18 +186,6 @@ class DualEncoder(nn.Module):
         return to_open_clip_state_dict(self.state_dict())
 
 
-def to_open_clip_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DualEncoder state dict -> open_clip's: drop the "clip." prefix and every MLM tensor, and
-    give logit_scale/logit_bias back open_clip's 0-dim shape (we train them as [1] because
-    DeepSpeed's broadcast views parameters as bytes, which fails on 0-dim tensors)."""
-    result = {}
-    for key, value in state_dict.items():
-        if not key.startswith("clip."):
-            continue
-        name = key[len("clip."):]
-        value = value.detach().clone()
-        result[name] = value.reshape(()) if name in ("logit_scale", "logit_bias") else value
-    return result
 
 
 def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> DualEncoder:

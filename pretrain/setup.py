@@ -1,4 +1,4 @@
-"""Builds what a run needs from its config: run dir, model, engine, loader, checkpointer, evaluator."""
+"""Builds what a run needs from its config: run dir, model, engine, loader, checkpointer."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from pretrain import checkpoint as ckpt
+from common import checkpoint_files as ckpt
+from pretrain.checkpoint import Checkpointer
 from pretrain.config import TrainConfig, dump_config
 from pretrain.distributed import DistContext, all_true
 
@@ -24,7 +25,7 @@ class RunParts:
     optimizer: Any  # the torch AdamW inside the engine (train_step sets its found_inf)
     loader: Any  # StreamingLoader: uint8 images
     normalize: Any  # data.device.DeviceNormalizer: the train transform's Normalize, on the device
-    checkpointer: ckpt.Checkpointer
+    checkpointer: Checkpointer
     preprocess_val: Callable
     tokenizer: Callable
 
@@ -120,7 +121,7 @@ def build_everything(cfg: TrainConfig, dist: DistContext) -> RunParts:
             f"({per_epoch} samples), so a batch would pair each sample with its own copy as a negative; "
             "lower micro_batch or add data"
         )
-    checkpointer = ckpt.Checkpointer(Path(cfg.run_dir), cfg.checkpoint.keep_last, dist)
+    checkpointer = Checkpointer(Path(cfg.run_dir), cfg.checkpoint.keep_last, dist)
     return RunParts(engine, optimizer, loader, DeviceNormalizer(mean, std), checkpointer, preprocess_val, tokenizer)
 
 
@@ -140,47 +141,6 @@ def open_clip_config_json(cfg: TrainConfig, model) -> str:
         {"model_name": cfg.model.name, "model_cfg": model.model_config, "preprocess_cfg": model.clip.visual.preprocess_cfg},
         indent=2,
     )
-
-
-def evaluate(engine, parts: RunParts, cfg: TrainConfig, dist: DistContext, step: int) -> dict[str, float]:
-    """Runs the eval suite on every rank together: images and prompts are sharded over the ranks,
-    each rank runs the same number of forwards (ZeRO-3 gathers weights inside each one), and every
-    rank gets the same metrics back. Returns them flat as eval/<task>/<metric>."""
-    from eval.encoder import ForwardEncoder
-    from eval.results import dumps
-    from eval.run import run_suite
-
-    precision = "bf16" if cfg.precision == "bf16" else "fp32"
-    encoder = ForwardEncoder(engine, parts.preprocess_val, parts.tokenizer, device=dist.device, precision=precision)
-    notes: list[str] = []
-    engine.eval()
-    try:
-        records = run_suite(
-            encoder,
-            cfg.eval.suite,
-            device=str(dist.device),
-            batch_size=cfg.eval.batch_size,
-            workers=cfg.data.workers,
-            model=cfg.model.name,
-            pretrained=f"{cfg.run_dir}@step{step}",
-            model_id=f"{cfg.run_dir}@step{step}",
-            progress=False,
-            notes=notes,
-        )
-    finally:
-        engine.train()
-    if dist.is_main:
-        for note in notes:
-            print(f"eval note: {note}", flush=True)
-        out = Path(cfg.run_dir) / "eval" / f"step_{step:08d}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(dumps(records))
-    return {
-        f"eval/{record['dataset']}/{name}": float(value)
-        for record in records
-        for name, value in record["metrics"].items()
-        if isinstance(value, (int, float))
-    }
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -16,15 +16,16 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from common import checkpoint_files as ckpt
 from data.device import DeviceBatches
-from pretrain import checkpoint as ckpt
+from pretrain.checkpoint import Checkpointer
 from pretrain.config import ConfigError, TrainConfig, dump_config, load_config
 from pretrain.distributed import DistContext, any_true, gather_objects, init_distributed, shutdown
-from pretrain.setup import build_everything, evaluate, open_clip_config_json, prepare_run_dir
+from pretrain.setup import build_everything, open_clip_config_json, prepare_run_dir
 from pretrain.state import TrainState, rng_state, seed_everything, set_rng_state
 from pretrain.step import StepMetrics, train_step
 from pretrain.tracking import Tracker
@@ -37,8 +38,17 @@ class TrainingError(RuntimeError):
 # --- the loop ----------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, dist: DistContext) -> dict[str, Any]:
-    """Trains until the sample budget is spent or a preemption signal arrives; returns the last metrics."""
+Evaluator = Callable[[Any, Any, TrainConfig, DistContext, int], dict[str, float]]
+
+
+def train(cfg: TrainConfig, dist: DistContext, evaluate: Evaluator | None = None) -> dict[str, Any]:
+    """Trains until the sample budget is spent or a preemption signal arrives; returns the last metrics.
+
+    `evaluate(engine, parts, cfg, dist, step)` runs `cfg.eval.suite` (the CLI passes
+    eval.training.evaluate_engine: this package does not import eval/)."""
+    if cfg.eval.suite and evaluate is None:
+        raise ConfigError("config key eval.suite: set, but this trainer was built without an evaluator; "
+                          "run python -m pretrain.train, or pass evaluate=eval.training.evaluate_engine")
     run_dir = prepare_run_dir(cfg, dist)
     seed_everything(cfg.seed)  # the same initial weights on every rank
     parts = build_everything(cfg, dist)
@@ -122,7 +132,7 @@ def peak_memory_mb(device: torch.device) -> float:
 # --- checkpoints and resume ------------------------------------------------------------------------
 
 
-def save(engine, loader, state: TrainState, checkpointer: ckpt.Checkpointer, cfg: TrainConfig, dist: DistContext) -> Path:
+def save(engine, loader, state: TrainState, checkpointer: Checkpointer, cfg: TrainConfig, dist: DistContext) -> Path:
     """Saves engine + every rank's loader and RNG state (gathered: DeepSpeed keeps rank 0's client state)."""
     per_rank = gather_objects({"loader": loader.state_dict(), "rng": rng_state()})
     client_state = {
@@ -136,7 +146,7 @@ def save(engine, loader, state: TrainState, checkpointer: ckpt.Checkpointer, cfg
     return checkpointer.save(engine, state.step, client_state, files)
 
 
-def resolve_resume(cfg: TrainConfig, checkpointer: ckpt.Checkpointer) -> Path | None:
+def resolve_resume(cfg: TrainConfig, checkpointer: Checkpointer) -> Path | None:
     resume = cfg.checkpoint.resume
     if resume == "none":
         existing = ckpt.complete_tags(checkpointer.dir)
@@ -262,11 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ckpt.CheckpointError, ValueError) as error:
         print(f"error: model: {error}", file=sys.stderr)
         return 2
+    from eval.training import evaluate_engine  # CLI wiring: the trainer is handed its evaluator
+
     _received.clear()
     with preemption_signals():
         dist = init_distributed()
         try:
-            train(cfg, dist)
+            train(cfg, dist, evaluate=evaluate_engine)
         except (TrainingError, ckpt.CheckpointError, ConfigError, ValueError, FileNotFoundError) as error:
             print(f"error: [rank {dist.rank}] {str(error).splitlines()[0]}", file=sys.stderr)
             return 1

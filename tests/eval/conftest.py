@@ -82,13 +82,8 @@ def image_file(tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def all_kinds(checkpoints: dict, run_dir: Path) -> dict[str, tuple[str, str | None]]:
-    """Every checkpoint kind; the run-dir kind only once pretrain.checkpoint is importable
-    (test_checkpoints.py skips with the reason otherwise)."""
+    """Every checkpoint kind, run directories included."""
     kinds = dict(checkpoints)
-    try:
-        import pretrain.checkpoint  # noqa: F401
-    except ImportError:
-        return kinds
     kinds["run_dir"] = (str(run_dir), None)
     kinds["run_tag_dir"] = (str(run_dir / "checkpoints" / "step_00000001"), None)
     return kinds

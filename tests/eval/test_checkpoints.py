@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -85,19 +83,18 @@ def test_unknown_kinds_and_missing_paths_are_one_line_errors(tmp_path: Path) -> 
         load_checkpoint(str(tmp_path / "lonely.pt"), precision="fp8")
 
 
-def test_run_dir_dispatches_to_pretrain_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+def test_run_dir_dispatches_to_checkpoint_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                    tiny_model: torch.nn.Module) -> None:
-    """The loader's side of the contract, with pretrain.checkpoint replaced by a stand-in."""
+    """The loader's side of the contract, with the checkpoint-files reader replaced by a stand-in."""
     import open_clip
 
-    calls = []
-    fake = types.ModuleType("pretrain.checkpoint")
-    fake.consolidated_state_dict = lambda path: calls.append(path) or tiny_model.state_dict()
-    fake.read_model_config = lambda path: {"model_name": "tiny", "model_cfg": open_clip.get_model_config("eval-tiny-vit")}
-    import pretrain
+    from common import checkpoint_files
 
-    monkeypatch.setitem(sys.modules, "pretrain.checkpoint", fake)
-    monkeypatch.setattr(pretrain, "checkpoint", fake, raising=False)
+    calls = []
+    monkeypatch.setattr(checkpoint_files, "consolidated_state_dict",
+                        lambda path: calls.append(path) or tiny_model.state_dict())
+    monkeypatch.setattr(checkpoint_files, "read_model_config",
+                        lambda path: {"model_name": "tiny", "model_cfg": open_clip.get_model_config("eval-tiny-vit")})
     (tmp_path / "checkpoints").mkdir()
     loaded = load_checkpoint(str(tmp_path))
     assert calls == [tmp_path]
@@ -106,10 +103,6 @@ def test_run_dir_dispatches_to_pretrain_checkpoint(monkeypatch: pytest.MonkeyPat
 
 
 def test_real_run_dir_and_tag_dir(run_dir: Path, tiny_model: torch.nn.Module) -> None:
-    try:
-        import pretrain.checkpoint  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"pretrain.checkpoint not importable yet ({err})")
     for path in (run_dir, run_dir / "checkpoints" / "step_00000001"):
         loaded = load_checkpoint(str(path))
         for got, want in zip(loaded_features(loaded), reference_features(tiny_model)):
@@ -117,10 +110,6 @@ def test_real_run_dir_and_tag_dir(run_dir: Path, tiny_model: torch.nn.Module) ->
 
 
 def test_incomplete_run_dir_is_one_line_error(tmp_path: Path) -> None:
-    try:
-        import pretrain.checkpoint  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"pretrain.checkpoint not importable yet ({err})")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.yaml").write_text("{}\n")
     with pytest.raises(ValueError) as info:

@@ -174,10 +174,8 @@ def test_shared_data_suite_as_shipped(checkpoints: dict, shared_data: Path, tmp_
 
 
 def test_demo_suite_runs_on_demo_shards(checkpoints: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        from data.demo import generate_demo
-    except ImportError as err:
-        pytest.skip(f"data.demo not importable ({err})")
+    from data.demo import generate_demo
+
     monkeypatch.chdir(tmp_path)  # demo.yaml paths are relative to the working directory
     generate_demo("demo_out/shards", num_train=4, num_val=12, shard_size=50, progress=False)
     encoder = load_checkpoint(checkpoints["export_dir"][0])

@@ -1,6 +1,6 @@
 """Training-time evaluation under ZeRO-3 with 2 ranks: images sharded, same metrics as 1 process.
 
-pretrain.setup.evaluate wraps the DeepSpeed engine in eval.encoder.ForwardEncoder and calls
+eval.training.evaluate_engine (handed to pretrain.train by its CLI) wraps the DeepSpeed engine in eval.encoder.ForwardEncoder and calls
 eval.run.run_suite on every rank. Each rank encodes its share of the val images (21 images over 2
 ranks: 11 and 10, so one rank pads a forward), and the records must equal an ordinary one-process
 evaluation of the exported weights.

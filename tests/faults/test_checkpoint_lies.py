@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.checkpoint import (COMPLETE, LATEST, SUPERSEDED, Checkpointer, CheckpointError, check_weights_file,
-                                 latest_tag, resolve_checkpoint_dir)
+from common.checkpoint_files import COMPLETE, LATEST, SUPERSEDED, CheckpointError, check_weights_file, latest_tag, resolve_checkpoint_dir
+from pretrain.checkpoint import Checkpointer
 from pretrain.distributed import DistContext
 
 ONE_PROCESS = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo",
@@ -148,7 +148,7 @@ def test_model_config_with_absurd_sizes_is_refused(change, expected, tmp_path):
     import open_clip
 
     import pretrain.model  # noqa: F401 - registers clip-tiny
-    from pretrain.checkpoint import MODEL_CONFIG, read_model_config
+    from common.checkpoint_files import MODEL_CONFIG, read_model_config
 
     model_cfg = json.loads(json.dumps(open_clip.get_model_config("clip-tiny")))
     (tmp_path / MODEL_CONFIG).write_text(json.dumps({"model_name": "clip-tiny", "model_cfg": model_cfg}))
@@ -198,7 +198,7 @@ def test_checkpoint_without_a_training_state_is_refused_in_one_line(client_state
 @pytest.mark.parametrize("payload", ["tensor_subclass", "pickled_payload"])
 def test_checkpoint_files_with_tensor_subclasses_or_payloads_are_refused(payload, tmp_path):
     """Already refused before issue #17 (weights_only loading); kept as a regression test."""
-    from pretrain.checkpoint import consolidated_state_dict
+    from common.checkpoint_files import consolidated_state_dict
 
     step = fake_checkpoint(tmp_path / "run" / "checkpoints", 3, "x")
     module = {"w": torch.ones(2).as_subclass(TensorSubclass)} if payload == "tensor_subclass" else {"x": Payload()}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.checkpoint import COMPLETE, LATEST, CheckpointError, consolidated_state_dict, latest_tag
+from common.checkpoint_files import COMPLETE, LATEST, CheckpointError, consolidated_state_dict, latest_tag
 from pretrain.config import load_config
 from pretrain.distributed import DistContext
 from pretrain.setup import prepare_run_dir

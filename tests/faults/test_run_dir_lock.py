@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.checkpoint import CheckpointError
+from common.checkpoint_files import CheckpointError
 from pretrain.config import load_config
 from pretrain.distributed import DistContext
 from pretrain.setup import RUN_LOCK, prepare_run_dir

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from pretrain import train
-from pretrain.checkpoint import COMPLETE, latest_tag
+from common.checkpoint_files import COMPLETE, latest_tag
 from tests.faults.helpers import command, kill_group, logged_steps, start, wait_for
 
 pytestmark = pytest.mark.slow

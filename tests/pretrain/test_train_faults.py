@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.checkpoint import COMPLETE, LATEST, latest_tag
+from common.checkpoint_files import COMPLETE, LATEST, latest_tag
 from tests.pretrain.runner import REPO, read_metrics, run_module
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ def test_malicious_pickle_in_checkpoint_is_refused(tmp_path, demo_shards):
     result = train(run_dir, demo_shards, "total_samples=48", "--resume", "auto", check=False)
     assert result.returncode == 1 and "refusing to load" in error_line(result)
     assert not marker.exists()
-    from pretrain.checkpoint import CheckpointError, consolidated_state_dict
+    from common.checkpoint_files import CheckpointError, consolidated_state_dict
 
     with pytest.raises(CheckpointError, match="refusing to load"):
         consolidated_state_dict(run_dir)
@@ -152,7 +152,7 @@ def test_nonfinite_updates_are_skipped_not_applied(stage, tmp_path, demo_shards)
     checkpoint stay finite and the run stops after max_nonfinite_steps skips in a row."""
     import torch
 
-    from pretrain.checkpoint import consolidated_state_dict
+    from common.checkpoint_files import consolidated_state_dict
 
     run_dir = tmp_path / "run"
     result = train(run_dir, demo_shards, "optim.lr=1e30", "optim.grad_clip=0", "checkpoint.every_steps=1",

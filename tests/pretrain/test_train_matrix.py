@@ -10,7 +10,7 @@ import open_clip
 import pytest
 import torch
 
-from pretrain.checkpoint import read_model_config
+from common.checkpoint_files import read_model_config
 from tests.pretrain.runner import REPO, read_metrics, torchrun
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from pretrain.checkpoint import COMPLETE, LATEST, consolidated_state_dict, read_model_config
+from common.checkpoint_files import COMPLETE, LATEST, consolidated_state_dict, read_model_config
 from tests.pretrain.runner import REPO, read_metrics, torchrun
 
 pytestmark = pytest.mark.slow
@@ -18,25 +18,30 @@ def losses(run_dir, first_step: int) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in read_metrics(run_dir) if m["step"] >= first_step}
 
 
+def assert_resume_from_step3_is_exact(full, resumed, launch) -> None:
+    """Copies the finished 6-step run `full` to `resumed` as if interrupted after its step-3
+    checkpoint, continues it with `launch(run_dir_args)` and compares the losses of steps 4-6."""
+    reference = losses(full, 1)
+    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000006")
+    shutil.rmtree(resumed / "export", ignore_errors=True)
+    (resumed / "checkpoints" / LATEST).write_text("step_00000003")
+    (resumed / "metrics.jsonl").write_text("")
+    launch([f"run_dir={resumed}", "--resume", "auto"])
+    after = losses(resumed, 1)
+    assert sorted(after) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert after[step] == pytest.approx(reference[step], abs=1e-5), (step, after, reference)
+
+
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_resume_continues_the_loss_exactly(stage, demo_shards, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", f"zero.stage={stage}", "data.workers=2"]
     torchrun(2, [*args, f"run_dir={full}"])
-    reference = losses(full, 1)
-    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
-
     # Same run, interrupted after the step-3 checkpoint: keep only that one, then --resume auto.
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_00000006")
-    shutil.rmtree(resumed / "export")
-    (resumed / "checkpoints" / LATEST).write_text("step_00000003")
-    (resumed / "metrics.jsonl").write_text("")
-    torchrun(2, [*args, f"run_dir={resumed}", "--resume", "auto"])
-    after = losses(resumed, 1)
-    assert sorted(after) == [4, 5, 6]
-    for step in (4, 5, 6):
-        assert after[step] == pytest.approx(reference[step], abs=1e-5), (step, after, reference)
+    assert_resume_from_step3_is_exact(full, resumed, lambda extra: torchrun(2, [*args, *extra]))
 
     # The export loads in open_clip and matches the consolidated checkpoint.
     config = read_model_config(full / "export")
@@ -58,37 +63,16 @@ def test_one_process_zero3_resumes_exactly(demo_shards, tmp_path):
     save and resume exactly."""
     from tests.pretrain.runner import run_module
 
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
     args = ["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
             "zero.stage=3", "total_samples=48", "precision=bf16"]
-    run_module([*args, f"run_dir={full}"])
-    reference = losses(full, 1)
-    assert sorted(reference) == [1, 2, 3, 4, 5, 6]
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_00000006")
-    (resumed / "checkpoints" / LATEST).write_text("step_00000003")
-    (resumed / "metrics.jsonl").write_text("")
-    run_module([*args, f"run_dir={resumed}", "--resume", "auto"])
-    after = losses(resumed, 1)
-    assert sorted(after) == [4, 5, 6]
-    for step in (4, 5, 6):
-        assert after[step] == pytest.approx(reference[step], abs=1e-5), (step, after, reference)
+    run_module([*args, f"run_dir={tmp_path / 'full'}"])
+    assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: run_module([*args, *extra]))
 
 
 def test_resume_is_exact_with_patch_dropout(demo_shards, tmp_path):
     """FLIP patch dropout draws its masks from each rank's torch RNG (seeded per rank, saved per
     rank in every checkpoint): a resumed run drops the same patches and continues the loss exactly."""
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
     args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", "zero.stage=0",
             "model.patch_dropout=0.5"]
-    torchrun(2, [*args, f"run_dir={full}"])
-    reference = losses(full, 1)
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_00000006")
-    (resumed / "checkpoints" / LATEST).write_text("step_00000003")
-    (resumed / "metrics.jsonl").write_text("")
-    torchrun(2, [*args, f"run_dir={resumed}", "--resume", "auto"])
-    after = losses(resumed, 1)
-    assert sorted(after) == [4, 5, 6]
-    for step in (4, 5, 6):
-        assert after[step] == pytest.approx(reference[step], abs=1e-5), (step, after, reference)
+    torchrun(2, [*args, f"run_dir={tmp_path / 'full'}"])
+    assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: torchrun(2, [*args, *extra]))
