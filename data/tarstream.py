@@ -286,7 +286,7 @@ def read_samples_at(url: str, offsets: list[int], stats: ReadStats) -> dict[int,
             samples = iter_samples(url, offset, stats)
             try:
                 found[offset] = next(samples)
-            except (StopIteration, Exception):  # noqa: BLE001 - reported below as a missing sample
+            except Exception:  # noqa: BLE001 - nothing there (StopIteration too): reported below as missing
                 pass
             finally:
                 samples.close()

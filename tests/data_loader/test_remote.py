@@ -4,6 +4,7 @@ failed commands: the read is reopened at the sample it was reading, so nothing i
 from __future__ import annotations
 
 import io
+import os
 import stat
 import tarfile
 from pathlib import Path
@@ -136,7 +137,7 @@ def _fake_aws(tmp_path: Path, root: Path, monkeypatch) -> None:
     aws = bin_dir / "aws"
     aws.write_text(f'#!/bin/sh\n[ "$1 $2 $4" = "s3 cp -" ] || exit 2\ncat "{root}/${{3#s3://bucket/}}"\n')
     aws.chmod(aws.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
 def test_s3_through_the_aws_cli_without_s3fs(tmp_path, make_loader, monkeypatch):
