@@ -57,6 +57,10 @@ class EvalDataset:
 
     def __post_init__(self) -> None:
         self.cache_key = self.cache_key or ("records", self.name, self.split, tuple(self.classnames or ()))
+        repeated = sorted({name for name in self.classnames or () if self.classnames.count(name) > 1})
+        if repeated:  # two identical classifier rows: argmax and the label lookup would disagree silently
+            raise ValueError(f"{self.name}: class name {repeated[0]!r} appears more than once among its "
+                             f"{len(self.classnames)} class names; make each class name unique")
 
 
 def open_file(path: Path) -> Callable[[], Image.Image]:
@@ -322,7 +326,10 @@ def coco_records(path: Path, image_root: Path) -> list[ImageRecord]:
     if not isinstance(annotations, dict) or "images" not in annotations or "annotations" not in annotations:
         raise ValueError(f"{path}: not a COCO captions file (needs \"images\" and \"annotations\")")
     captions: dict[Any, list[str]] = {}
-    for annotation in annotations["annotations"]:
+    for number, annotation in enumerate(annotations["annotations"]):
+        if not (isinstance(annotation, dict) and "image_id" in annotation and isinstance(annotation.get("caption"), str)):
+            raise ValueError(f"{path}: annotation #{number} has no \"image_id\" and string \"caption\" "
+                             f"({str(annotation)[:80]}); fix or remove it")
         captions.setdefault(annotation["image_id"], []).append(annotation["caption"].strip())
     return [
         ImageRecord(key=image["file_name"], load=open_file(image_root / image["file_name"]),

@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     suite = load_suite(args.suite)  # validate before the (slower) model load
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; --out names the folder for results.json, results.md "
+                         "and the per-task JSON files")
     ranks = setup_ranks(args)
     encoder = load_from_args(args)
     notes: list[str] = []

@@ -31,6 +31,8 @@ def single_task_main(task: str, prog: str, doc: str, argv: list[str] | None,
     from eval.tasks.context import TaskContext
 
     args = parse_args(prog, doc, argv, options)
+    if args.out and Path(args.out).is_dir():  # found out before the evaluation, not after it
+        raise ValueError(f"--out {args.out} is a directory; give a file name such as {Path(args.out) / DEFAULT_NAME}")
     names = [flag.lstrip("-").replace("-", "_") for flag, *_ in options]
     spec = TaskSpec(name=args.name or args.data, task=task, data=args.data, split=args.split,
                     max_samples=args.max_samples, language=args.language,
