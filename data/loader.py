@@ -46,6 +46,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import random
 import signal
 from collections import Counter
@@ -582,7 +583,7 @@ class StreamingLoader:
             stream: Iterable[dict] = DataLoader(dataset, batch_size=None, num_workers=self.plan.num_slots,
                                                 prefetch_factor=self._prefetch_factor, in_order=True,
                                                 pin_memory=self._pin_memory, generator=torch.Generator(),
-                                                worker_init_fn=_ignore_stop_signals)
+                                                worker_init_fn=_shield_from_launcher_signals)
         else:
             stream = dataset
         for batch in stream:
@@ -659,12 +660,17 @@ def _stream_state_problem(stream: object) -> str:
     return ""
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM / SIGINT / SIGUSR1: launchers (torchrun's killpg, SLURM,
-    a terminal's Ctrl-C) signal the whole process group, and a worker that died of it would fail
-    the trainer's next batch before it could checkpoint. The trainer handles the signal and shuts
-    its workers down itself; they also exit when the trainer process dies."""
-    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+def _shield_from_launcher_signals(_worker_id: int) -> None:
+    """A DataLoader worker leaves its parent's process group and ignores SIGINT / SIGUSR1.
+
+    Launchers signal whole process groups (torchrun's killpg, a terminal's Ctrl-C); a worker that
+    died of it would fail the trainer's next batch before the trainer could checkpoint. In a group
+    of its own it only gets signals sent to it: the trainer handles the signal and shuts its
+    workers down itself. SIGTERM keeps its default, because that is how the DataLoader (and
+    multiprocessing at exit) ends a worker that does not stop when asked.
+    """
+    os.setpgid(0, 0)
+    for stop in (signal.SIGINT, signal.SIGUSR1):
         signal.signal(stop, signal.SIG_IGN)
 
 
