@@ -12,6 +12,7 @@ from eval.checkpoints import load_checkpoint
 from eval.results import markdown_table
 from eval.suite import load_suite, parse_suite
 from eval.tasks import context
+from tests.eval.dist_worker import CountingEncoder  # counts image and text forwards
 from tests.eval.helpers import write_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,24 +46,6 @@ def test_suite_validation_names_task_and_key(tasks: list, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         parse_suite({"tasks": tasks}, "s.yaml")
     assert str(info.value).startswith("s.yaml") and "\n" not in str(info.value)
-
-
-class CountingEncoder:
-    """Wraps an Encoder to count text forwards (to observe classifier caching)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.text_calls = inner, 0
-        self.preprocess, self.tokenizer = inner.preprocess, inner.tokenizer
-
-    image_calls = 0
-
-    def encode_image(self, images):
-        self.image_calls += 1
-        return self.inner.encode_image(images)
-
-    def encode_text(self, tokens):
-        self.text_calls += 1
-        return self.inner.encode_text(tokens)
 
 
 def shard_suite(tmp_path: Path) -> Path:
