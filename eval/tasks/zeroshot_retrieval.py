@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from eval.tasks.context import TaskContext
 
 OPTIONS = frozenset({"image_root"})
+EXAMPLE_QUERIES, EXAMPLE_TOP_K = 6, 4  # kept in the record for pretrain.report's retrieval grid
 
 
 def check(spec: TaskSpec) -> None:
@@ -35,4 +36,18 @@ def run(spec: TaskSpec, ctx: TaskContext) -> dict:
     positives = torch.nn.functional.one_hot(owners, found.num_images).bool()
     return {"metrics": retrieval_metrics(scores, positives), "num_samples": found.num_images,
             "num_captions": len(captions), "skipped": found.skipped, "split": dataset.split,
-            "images_per_s": found.images_per_s}
+            "images_per_s": found.images_per_s, "examples": examples(scores, owners, captions, found)}
+
+
+def examples(scores: torch.Tensor, owners: torch.Tensor, captions: list[str], found) -> list[dict]:
+    """Top-k images of a few caption queries spread evenly over the captions (text -> image):
+    [{"query", "target" (key of the caption's image), "retrieved": [{"key", "caption", "score", "hit"}]}]."""
+    if not found.keys:
+        return []
+    picks = torch.linspace(0, len(captions) - 1, min(EXAMPLE_QUERIES, len(captions))).round().long().unique()
+    top = scores[picks].topk(min(EXAMPLE_TOP_K, found.num_images), dim=1)
+    return [{"query": captions[row], "target": found.keys[int(owners[row])],
+             "retrieved": [{"key": found.keys[image], "caption": (found.captions[image] or [""])[0],
+                            "score": round(float(score), 4), "hit": image == int(owners[row])}
+                           for score, image in zip(values.tolist(), indices.tolist())]}
+            for row, values, indices in zip(picks.tolist(), top.values, top.indices)]
