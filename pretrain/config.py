@@ -89,9 +89,16 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
+    """Where rank 0 logs: RUN/metrics.jsonl always, plus wandb and/or TensorBoard (RUN/tensorboard).
+    The wandb_* keys left null take WANDB_MODE / WANDB_PROJECT / WANDB_ENTITY from the environment."""
+
     every_steps: int = 10
-    wandb_mode: Literal["offline", "online", "disabled"] | None = None  # None: online iff a key is set
-    wandb_project: str = "clip-pretrain"
+    backends: list[Literal["jsonl", "wandb", "tensorboard"]] = field(default_factory=lambda: ["jsonl", "wandb"])
+    wandb_mode: Literal["offline", "online", "disabled"] | None = None  # null: $WANDB_MODE, else online iff a key is set
+    wandb_project: str | None = None  # null: $WANDB_PROJECT, else clip-pretrain
+    wandb_entity: str | None = None  # null: $WANDB_ENTITY, else your wandb default
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_group: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:

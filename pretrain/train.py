@@ -60,7 +60,7 @@ def train(cfg: TrainConfig, dist: DistContext, evaluate: Evaluator | None = None
         restore(engine, parts.loader, state, checkpointer, resume_from, cfg, dist)
     batches = DeviceBatches(parts.loader, dist.device, parts.normalize)  # resumes where the loader stands
     total_steps = cfg.total_steps(dist.world_size)
-    tracker = Tracker(run_dir, cfg, dist.is_main, total_steps, state.step)
+    tracker = Tracker(run_dir, cfg, dist.is_main, total_steps, state.step, resume_from)
     tracker.message(describe_run(cfg, dist, total_steps, resume_from))
     interval, metrics = StepMetrics(dist.device), {}
     with preemption_signals() as preempted:
@@ -271,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
             ckpt.check_weights_file(resolve_pretrained(cfg.model.name, cfg.model.pretrained)[0])
     except (ckpt.CheckpointError, ValueError) as error:
         print(f"error: model: {error}", file=sys.stderr)
+        return 2
+    try:  # before DeepSpeed's ~15 s start-up: a wrong data path fails at once, in one line
+        from data.specs import resolve_sources
+
+        resolve_sources(cfg.data.train, cfg.data.split)
+    except (ValueError, OSError) as error:
+        print(f"error: data.train: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
     from eval.training import evaluate_engine  # CLI wiring: the trainer is handed its evaluator
 

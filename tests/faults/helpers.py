@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -99,7 +98,7 @@ def kill_group(process: subprocess.Popen) -> None:
 def logged_steps(run_dir: Path) -> list[int]:
     if not (run_dir / "metrics.jsonl").is_file():
         return []
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [m["step"] for m in read_metrics(run_dir)]
 
 
 def metrics_after(run_dir: Path, skip_lines: int) -> list[dict]:

@@ -41,7 +41,9 @@ class PreemptedRun:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """Metric records, without the resume marker lines the requeued run writes."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [record for record in records if "event" not in record]
 
 
 def restart_segment(log: str, job: str, restart: int) -> str:

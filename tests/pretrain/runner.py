@@ -30,6 +30,8 @@ def torchrun(nproc: int, train_args: list[str], **kwargs) -> subprocess.Complete
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """The metric records of RUN/metrics.jsonl, without its resume/restart marker lines."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [record for record in records if "event" not in record]
 
 
