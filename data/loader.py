@@ -385,6 +385,8 @@ class SampleDecoder:
         if self.image_key not in sample or not {self.caption_key, "json"} & sample.keys():
             # e.g. the last sample before the damage in a truncated tar
             raise SkipSample("incomplete_sample", f"has only {sorted(k for k in sample if not k.startswith('__'))}")
+        if "__oversized__" in sample:  # left unread by the tar reader (data.tarstream.MAX_MEMBER_BYTES)
+            raise SkipSample("oversized_member", sample["__oversized__"])
         caption = self.caption(sample)
         try:
             image = decode_image(sample[self.image_key], self.draft_side)

@@ -14,12 +14,18 @@ still handed out (with the members read before it) before the error is raised.
 
 Remote shards: ``http(s)://`` is read with urllib (a ``Range`` request starts it at an offset; a
 connection closed before Content-Length is an error, not a quiet end), ``s3://`` with fsspec when
-s3fs is installed (seekable) and else through ``aws s3 cp URL -``, ``pipe:`` and other schemes
-through webdataset's gopen (read from the start, skipping to the offset). Only uncompressed
+s3fs is installed (seekable) and else through ``aws s3 cp URL -``, ``pipe:`` commands through
+:class:`TimedPipe`, other schemes through webdataset's gopen (read from the start, skipping to the
+offset). Every remote read waits at most ``READ_TIMEOUT_S`` for bytes: a command or server that
+goes silent fails like a cut connection instead of hanging the worker for good. Only uncompressed
 ``.tar`` names are started at an offset. A remote read that fails (I/O or tar error, timeout, a
 failed command, HTTP 5xx/408/429) is reopened at the sample it was reading, after a doubling
 back-off, up to ``RETRIES`` times in a row without a new sample; then it ends as damage. Local
 files are never retried: their damage is permanent.
+
+A member larger than ``MAX_MEMBER_BYTES`` is never read into memory (a "caption" or "image" of
+gigabytes would exhaust the worker): its sample comes out with ``__oversized__`` naming it, for the
+decoder to count as a skip.
 """
 from __future__ import annotations
 
@@ -27,7 +33,11 @@ import http.client
 import logging
 import random
 import re
+import os
+import select
 import shlex
+import signal
+import subprocess
 import tarfile
 import time
 import urllib.error
@@ -46,7 +56,8 @@ COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: of
 RETRIES = 5  # failed attempts in a row (no new sample in between) before a remote shard counts as damaged
 BACKOFF_S = 0.5  # first retry delay; doubles per failed attempt, up to BACKOFF_MAX_S
 BACKOFF_MAX_S = 16.0
-READ_TIMEOUT_S = 60.0  # an HTTP connection silent this long fails (and is retried) instead of hanging
+READ_TIMEOUT_S = 60.0  # a connection or pipe: command silent this long fails (and is retried) instead of hanging
+MAX_MEMBER_BYTES = 256 * 2**20  # larger tar members are skipped unread (the builder's image limit, data.images)
 TRANSIENT_HTTP = {408, 429}  # besides 5xx: worth asking again; other 4xx are permanent
 
 
@@ -123,7 +134,9 @@ def _open_raw(url: str, start: int) -> tuple[IO[bytes], int]:
         return _open_http(url, start)
     if scheme == "s3":
         return _open_s3(url, start)
-    return gopen(url), 0  # pipe:, gs://, hf://, ...: webdataset's openers, forward only
+    if scheme == "pipe":
+        return TimedPipe(url[len("pipe:"):]), 0
+    return gopen(url), 0  # gs://, hf://, ...: webdataset's openers, forward only
 
 
 def _plain_tar_name(url: str) -> bool:
@@ -145,10 +158,68 @@ def _open_s3(url: str, start: int) -> tuple[IO[bytes], int]:
 
         filesystem = fsspec.filesystem("s3")
     except ImportError:  # no fsspec or no s3fs: the aws CLI, forward only
-        return gopen(f"pipe:aws s3 cp {shlex.quote(url)} -"), 0
+        return TimedPipe(f"aws s3 cp {shlex.quote(url)} -"), 0
     handle = filesystem.open(url, "rb")
     handle.seek(start)
     return handle, start
+
+
+class TimedPipe:
+    """A shell command's stdout whose every read waits at most READ_TIMEOUT_S for bytes.
+
+    webdataset's gopen pipe blocks forever on a command that hangs without output (a stalled
+    ``curl``, a credential prompt); this one kills the command's process group and raises
+    TimeoutError, which the caller retries like a cut connection. ``close`` raises OSError for a
+    command that failed, as gopen's pipe does (``_close_quietly`` ignores it after an early stop).
+    """
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        # Its own session: killing the group ends `curl ... | tar ...` pipelines, not just the shell.
+        self.proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, start_new_session=True)
+        self.fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+
+    def read(self, size: int = -1) -> bytes:
+        chunks, remaining = [], size if size >= 0 else float("inf")
+        while remaining > 0:
+            ready, _, _ = select.select([self.fd], [], [], READ_TIMEOUT_S)
+            if not ready:
+                self._kill()
+                raise TimeoutError(f"pipe:{self.command[:80]} sent nothing for {READ_TIMEOUT_S:g} s")
+            data = os.read(self.fd, int(min(remaining, 2**20)))
+            if not data:
+                # At the end of the output, not at close: a failed command's last sample must fail
+                # inside the tar reader, not come out complete-looking (as gopen's pipe does too).
+                self._check_exit()
+                break
+            chunks.append(data)
+            remaining -= len(data)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self._check_exit()
+
+    def _check_exit(self) -> None:
+        try:
+            status = self.proc.wait(timeout=READ_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            raise TimeoutError(f"pipe:{self.command[:80]} did not exit {READ_TIMEOUT_S:g} s after its output ended") from None
+        if status != 0:
+            raise OSError(f"pipe:{self.command[:80]} exited with status {status}")
+
+    def abort(self) -> None:
+        """Stop the command now (the reader stopped early or failed): no wait for it to finish."""
+        self._kill()
+        self.proc.stdout.close()  # type: ignore[union-attr]
+
+    def _kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
 
 class LengthChecked:
@@ -206,7 +277,11 @@ def _group(tar: tarfile.TarFile, url: str, start: int, base: int, stats: ReadSta
             if suffix in sample:
                 raise ValueError(f"{info.name}: duplicate file name in tar file")
             stats.members += 1
-            sample[suffix] = tar.extractfile(info).read()  # type: ignore[union-attr]  # regular: has data
+            if info.size > MAX_MEMBER_BYTES:  # tarfile steps over its data to the next header
+                sample["__oversized__"] = f"{info.name} holds {info.size} bytes (limit {MAX_MEMBER_BYTES})"
+                sample[suffix] = b""
+            else:
+                sample[suffix] = tar.extractfile(info).read()  # type: ignore[union-attr]  # regular: has data
             sample["__end__"] = base + _member_end(info)
     except Exception as exn:
         raise _Damage(exn, sample if sample is not None and "__end__" in sample else None) from exn
@@ -269,7 +344,7 @@ def _transient(error: BaseException) -> bool:
 
 def _close_quietly(raw: IO[bytes]) -> None:
     try:
-        raw.close()
+        getattr(raw, "abort", raw.close)()
     except Exception:  # noqa: BLE001 - e.g. a pipe: command killed by SIGPIPE because we stopped reading
         pass
 

@@ -165,3 +165,56 @@ def test_s3_through_fsspec_seeks(tmp_path, make_loader, monkeypatch):
     write_shards(root, [10] * 4, manifest=False)
     _same(_epoch(make_loader, f"s3://bucket/{PATTERN}"), _epoch(make_loader, str(root / PATTERN)))
     assert sorted(set(opened)) == [f"s3://bucket/{name}" for name in NAMES]
+
+
+def test_pipe_command_that_hangs_without_output_is_a_bounded_wait(tmp_path, make_loader, monkeypatch):
+    """Issue #17: `pipe:` commands that stall (no output, or output then no exit) end as counted
+    damage after bounded retries; the good shards still come out, and no command is left running."""
+    monkeypatch.setattr(tarstream, "READ_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(tarstream, "RETRIES", 1)
+    write_shards(tmp_path, [10] * 4, manifest=False)
+    script = tmp_path / "stall.sh"  # shard 1: silent forever; shard 2: all its bytes, then never exits
+    script.write_text('case "$1" in *000001.tar) exec sleep 600;; *000002.tar) cat "$1"; exec sleep 600;; '
+                      '*) exec cat "$1";; esac\n')
+    loader = make_loader(f"pipe:sh {script} {tmp_path / PATTERN}", workers=0, batch_size=5, shuffle_buffer=0)
+    keys = [key for batch in take(loader, 6) for key in batch["keys"]]
+    assert loader.skipped == {"unreadable_shard": 1, "truncated_tar": 1}, loader.skipped
+    assert len(keys) == 30 == len(set(keys))  # shards 0, 2 (its samples came before the stall) and 3
+    assert not any(key.startswith("demot001") for key in keys)
+    sleeping = os.popen(f"pgrep -f 'sleep 600' -a | grep -v pgrep || true").read()
+    assert "sleep 600" not in sleeping, sleeping
+
+
+def test_timed_pipe_reads_and_reports_failed_commands(tmp_path):
+    (tmp_path / "x").write_bytes(b"abc" * 100_000)
+    pipe = tarstream.TimedPipe(f"cat {tmp_path / 'x'}")
+    assert pipe.read(5) == b"abcab" and len(pipe.read()) == 300_000 - 5 and pipe.read(10) == b""
+    pipe.close()
+    failing = tarstream.TimedPipe("echo partial; exit 3")
+    assert failing.read(8) == b"partial\n"
+    with pytest.raises(OSError, match="exited with status 3"):  # at the end of its output, inside the reader
+        failing.read(1)
+
+
+def test_member_of_gigabytes_is_skipped_unread_and_counted(tmp_path, make_loader, monkeypatch):
+    """Issue #17: a tar member over MAX_MEMBER_BYTES is never read into memory; its sample is
+    counted as oversized_member and the rest of the shard still comes out."""
+    monkeypatch.setattr(tarstream, "MAX_MEMBER_BYTES", 64 * 1024)
+    keys = write_shards(tmp_path, [6], manifest=False)
+    path = tmp_path / "demo-train-000000.tar"
+    with tarfile.open(path) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    with tarfile.open(path, "w") as archive:  # the 3rd sample's image becomes 1 MiB
+        for member, data in members:
+            if member.name.startswith(keys[2]) and member.name.endswith(".jpg"):
+                data = data + b"\0" * 2**20
+                member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    big = next(m for m, _ in members if m.name.startswith(keys[2]) and m.name.endswith(".jpg"))
+    stats = tarstream.ReadStats()
+    samples = list(tarstream.iter_samples(str(path), 0, stats))
+    assert [s["__key__"] for s in samples] == keys and stats.bytes < 2**20  # the big member was not read
+    assert "__oversized__" in samples[2] and big.name in samples[2]["__oversized__"]
+    loader = make_loader(str(path), workers=0, batch_size=5, shuffle_buffer=0)
+    assert take(loader, 1)[0]["keys"] == [k for k in keys if k != keys[2]]
+    assert loader.skipped == {"oversized_member": 1}
