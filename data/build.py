@@ -29,9 +29,11 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 from tqdm import tqdm
+from webdataset import TarWriter
 
 from data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageOptions, ProcessedImage, SkipImage, content_digest, process_image
-from data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collect_samples, expand_braces
+from data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collect_samples
+from data.specs import expand_pattern
 
 SPLITS = ("train", "val")
 SKIP_REASONS = ("corrupt_image", "too_small", "too_large", "empty_caption", "duplicate",
@@ -66,6 +68,7 @@ class BuildOptions:
     image_root: str | None = None  # images must lie here (default: the table's folder / the image folder)
     classnames: tuple[str, ...] | None = None  # fixed class order; default: sorted labels seen
     max_caption_chars: int = 1000
+    reencode: bool = False  # False: JPEGs that already fit max_side (RGB, no EXIF) are kept byte for byte
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -87,7 +90,8 @@ class BuildOptions:
         self.image_options()  # validates the image fields
 
     def image_options(self) -> ImageOptions:
-        return ImageOptions(self.max_side, self.min_side, self.jpeg_quality, self.max_pixels, self.max_bytes)
+        return ImageOptions(self.max_side, self.min_side, self.jpeg_quality, self.max_pixels, self.max_bytes,
+                            self.reencode)
 
     def columns(self) -> Columns:
         return Columns(self.image_column, self.caption_column, self.label_column, self.key_column, self.image_root)
@@ -180,33 +184,34 @@ def write_json_atomic(path: str, value: Any) -> None:
     _atomic_write_bytes(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def _sample_members(sample: Sample, image: ProcessedImage, cls: int | None) -> list[tuple[str, bytes]]:
-    meta: dict[str, Any] = {"key": sample.key, "captions": sample.captions, "width": image.width,
-                            "height": image.height, "original_width": image.original_width,
-                            "original_height": image.original_height}
+def _sample_record(sample: Sample, image: ProcessedImage, cls: int | None) -> dict[str, Any]:
+    """One webdataset sample. Its json keeps the input's own per-sample fields (img2dataset's url,
+    sha256, exif, status...); the builder's fields, which describe the stored image, win."""
+    meta: dict[str, Any] = dict(sample.meta or {})
+    meta.update({"key": sample.key, "captions": sample.captions, "width": image.width,
+                 "height": image.height, "original_width": image.original_width,
+                 "original_height": image.original_height})
     if sample.label is not None:
         meta["label"] = sample.label
-    members = [("jpg", image.jpeg), ("txt", sample.captions[0].encode("utf-8")),
-               ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+    record = {"__key__": sample.key, "jpg": image.jpeg, "txt": sample.captions[0].encode("utf-8"),
+              "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
     if cls is not None:
-        members.append(("cls", str(cls).encode("ascii")))
-    return members
+        record["cls"] = str(cls).encode("ascii")
+    return record
 
 
 def write_shard(path: str, samples: list[tuple[Sample, ProcessedImage]], classnames: list[str] | None) -> None:
     """Write a tar shard under ``path.tmp`` and rename it into place once complete.
 
-    Headers carry fixed mtime/owner so the same samples always give byte-identical shards.
+    webdataset's TarWriter writes into memory (fixed mtime/owner/mode: the same samples always give
+    byte-identical shards, which resumed builds compare); the atomic fsync'd rename is ours.
+    PAX headers: keys longer than ustar's 100 characters stay whole.
     """
     class_index = {name: index for index, name in enumerate(classnames or [])}
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+    with TarWriter(buffer, user="", group="", mode=0o644, encoder=False, mtime=0, format="PAX_FORMAT") as writer:
         for sample, image in samples:
-            cls = class_index[sample.label] if classnames is not None else None
-            for extension, payload in _sample_members(sample, image, cls):
-                info = tarfile.TarInfo(f"{sample.key}.{extension}")
-                info.size, info.mtime, info.mode = len(payload), 0, 0o644
-                archive.addfile(info, io.BytesIO(payload))
+            writer.write(_sample_record(sample, image, class_index[sample.label] if classnames is not None else None))
     _atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -227,7 +232,8 @@ def _fingerprint(options: BuildOptions, samples: list[Sample], classnames: list[
     digest = hashlib.blake2b(json.dumps([content_fields, classnames]).encode(), digest_size=16)
     for sample in samples:
         ref = sample.image
-        digest.update(json.dumps([sample.key, sample.captions, sample.label, ref.path, ref.offset, ref.size]).encode())
+        digest.update(json.dumps([sample.key, sample.captions, sample.label, ref.path, ref.offset, ref.size,
+                                  sample.meta], sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -262,7 +268,7 @@ def _remove_tmp_files(output: str) -> None:
 
 
 def _input_files(path: str) -> list[str]:
-    return expand_braces(path) if "{" in path and ".." in path else [path]
+    return expand_pattern(path, f"--input {path}") if "{" in path and ".." in path else [path]
 
 
 def check_output(output: str, inputs: Sequence[str]) -> None:
@@ -512,6 +518,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--classnames", type=_read_classnames, default=None,
                         help="JSON list of class names fixing the cls order (default: sorted labels)")
     parser.add_argument("--max-caption-chars", type=int, default=defaults.max_caption_chars)
+    parser.add_argument("--reencode", action="store_true",
+                        help="re-encode every image (default: RGB JPEGs within --max-side and without EXIF keep their bytes)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 

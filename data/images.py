@@ -1,4 +1,7 @@
-"""Image validation, RGB conversion, resizing and JPEG re-encoding for the shard builder.
+"""Image validation, resizing and JPEG re-encoding (or pass-through) for the shard builder.
+
+Decoding itself (bomb limit, EXIF orientation, RGB conversion) is data.decode's, shared with the
+loader and eval.
 
 Every failure mode of an input image maps to a skip reason (``SkipImage.reason``) so the builder
 can count it instead of crashing.
@@ -7,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-# PIL's own default (~89.5 Mpx): beyond this a file is treated as a decompression bomb.
-DEFAULT_MAX_PIXELS = 89_478_485
+from data.decode import MAX_PIXELS, ImageTooLarge, decode_image, to_rgb  # noqa: F401 - to_rgb: callers import it here
+
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # the decompression-bomb limit every decoder shares (data.decode)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises on bytes that are no image
 # Larger image files are skipped unread: a multi-gigabyte "image" would exhaust a worker's memory.
 DEFAULT_MAX_BYTES = 256 * 2**20
 
@@ -36,6 +39,7 @@ class ImageOptions:
     jpeg_quality: int = 90
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
+    reencode: bool = False  # False: a JPEG that already fits the policy is stored byte for byte
 
     def __post_init__(self) -> None:
         if self.max_side < 1:
@@ -66,70 +70,6 @@ def content_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open and fully decode ``data``; raises SkipImage(corrupt_image | too_large)."""
-    if not data:
-        raise SkipImage("corrupt_image", "zero-byte file")
-    # PIL reads the pixel limit from a module global; set it here because each worker
-    # process has its own copy, and make its warning an error so both bomb levels skip.
-    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > max_pixels:
-                raise SkipImage("too_large", f"{image.width}x{image.height} px")
-            image.load()  # decode now: truncated files fail here, not later in resize
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise SkipImage("too_large", str(err)) from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
-        raise SkipImage("corrupt_image", str(err)) from err
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit  # in-process builds must not change the caller's limit
-    return image
-
-
-def exif_transpose(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block leaves the image as stored."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - malformed EXIF must not drop an otherwise good image
-        return image
-
-
-def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer or float greyscale to 8-bit 'L' (PIL's convert clips instead)."""
-    array = np.asarray(image)
-    if image.mode == "F":
-        peak = float(array.max()) if array.size else 0.0
-        scale = 255.0 if peak <= 1.0 else (255.0 / 65535.0 if peak > 255.0 else 1.0)
-        scaled = array.astype(np.float64) * scale
-    elif image.mode.startswith("I;16") or array.dtype == np.uint16 or (array.size and array.max() > 255):
-        scaled = array.astype(np.float64) / 257.0  # 65535 -> 255
-    else:
-        scaled = array.astype(np.float64)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-
-
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB: transparency is composited on white, 16-bit is rescaled."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I", "F") or mode.startswith("I;16"):
-        return _sixteen_bit_to_l(image).convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if has_alpha:
-        return _composite_on_white(image)
-    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
-
-
 def resize_max_side(image: Image.Image, max_side: int) -> Image.Image:
     """Shrink so the longest side is ``max_side``, keeping aspect ratio; never upscales."""
     width, height = image.size
@@ -147,19 +87,36 @@ def encode_jpeg(image: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def passes_through(data: bytes, decoded: Image.Image, options: ImageOptions) -> bool:
+    """Whether ``data`` may be stored as it is: a baseline RGB JPEG (what re-encoding would write)
+    within ``max_side``, with no EXIF block (an orientation to apply, or camera/GPS metadata that
+    re-encoding would drop). Re-encoding it would only lose quality and time."""
+    if options.reencode or max(decoded.size) > options.max_side:
+        return False
+    source = Image.open(io.BytesIO(data))  # the header again: decoded images no longer say their format
+    return source.format == "JPEG" and source.mode == "RGB" and not source.info.get("exif")
+
+
 def process_image(data: bytes, options: ImageOptions) -> ProcessedImage:
-    """Validate, orient, convert to RGB, resize and re-encode ``data`` as JPEG.
+    """Validate, orient, convert to RGB, resize and re-encode ``data`` as JPEG; a JPEG that already
+    fits (``passes_through``) keeps its bytes.
 
     Raises SkipImage with reason corrupt_image, too_large or too_small.
     """
-    image = open_image(data, options.max_pixels)
-    image = exif_transpose(image)
+    try:
+        image = decode_image(data, max_pixels=options.max_pixels)
+    except ImageTooLarge as err:
+        raise SkipImage("too_large", str(err)) from err
+    except DECODE_ERRORS as err:  # odd modes that decode but cannot convert land here too
+        raise SkipImage("corrupt_image", str(err) or "zero-byte file") from err
     original_width, original_height = image.size
     if min(original_width, original_height) < options.min_side:
         raise SkipImage("too_small", f"{original_width}x{original_height} px")
+    if passes_through(data, image, options):
+        return ProcessedImage(data, original_width, original_height, original_width, original_height)
     try:
-        rgb = resize_max_side(to_rgb(image), options.max_side)
+        rgb = resize_max_side(image, options.max_side)
         jpeg = encode_jpeg(rgb, options.jpeg_quality)
-    except (OSError, ValueError) as err:  # odd modes that decode but cannot convert
+    except (OSError, ValueError) as err:
         raise SkipImage("corrupt_image", str(err)) from err
     return ProcessedImage(jpeg, rgb.width, rgb.height, original_width, original_height)

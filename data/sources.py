@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import braceexpand
-
-from data.shards import brace_size_bound
+from data.specs import expand_pattern, input_tars
 
 KINDS = ("jsonl", "csv", "parquet", "folder", "shards")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -78,6 +76,7 @@ class SourceRow:
     image: ImageRef | None
     captions: list[str]
     label: str | None = None
+    meta: dict | None = None  # an input shard's per-sample json (img2dataset: url, sha256, exif, status...)
 
 
 @dataclass
@@ -88,6 +87,7 @@ class Sample:
     image: ImageRef
     captions: list[str]
     label: str | None = None
+    meta: dict | None = None
 
 
 @dataclass
@@ -122,19 +122,9 @@ def detect_kind(path: str) -> str:
     raise ValueError(f"--input {path}: cannot tell its kind from the name; pass --input-kind one of {', '.join(KINDS)}")
 
 
-MAX_EXPANSION = 1_000_000  # files one brace pattern may name: {0..999999999} is a typo, not a data set
-
-
-def expand_braces(path: str) -> list[str]:
-    """The files a brace pattern names; refuses patterns naming more than MAX_EXPANSION."""
-    if brace_size_bound(path) > MAX_EXPANSION:  # braceexpand builds a whole range before yielding
-        raise ValueError(f"--input {path}: the brace pattern names more than {MAX_EXPANSION} files; check its ranges")
-    return list(braceexpand.braceexpand(path))
-
-
 def check_input_exists(path: str) -> None:
     if "{" in path and ".." in path:
-        missing = [p for p in expand_braces(path) if not os.path.exists(p)]
+        missing = [p for p in expand_pattern(path, f"--input {path}") if not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(f"--input {path}: shard {missing[0]} not found; check the pattern")
     elif not os.path.exists(path):
@@ -344,29 +334,6 @@ def _read_folder(path: str, columns: Columns, skipped: Counter) -> Iterator[Sour
         yield SourceRow(f"file:{image_path}", relative, ImageRef(str(real)), captions)
 
 
-def shard_files(path: str) -> list[str]:
-    """Tar files of a shard input: a .tar, a brace pattern, or a directory (manifest.json first)."""
-    if "{" in path and ".." in path:
-        return expand_braces(path)
-    if os.path.isdir(path):
-        manifest = os.path.join(path, "manifest.json")
-        if os.path.isfile(manifest):
-            try:
-                with open(manifest, encoding="utf-8") as handle:
-                    files = [shard["file"] for shard in json.load(handle)["shards"]]
-            except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"--input {path}: unreadable manifest.json ({error!r}); rebuild the shards "
-                                 "or pass a brace pattern") from None
-            root = Path(path).resolve()
-            for name in files:  # a manifest must not send the builder to read tars elsewhere
-                if not isinstance(name, str) or not _inside(Path(path, name).resolve(), root):
-                    raise ValueError(f"--input {path}: manifest.json lists {name!r}, outside {path}; "
-                                     "fix the manifest (entries are file names inside the folder)")
-            return [os.path.join(path, name) for name in files]
-        return sorted(glob.glob(os.path.join(path, "*.tar")))
-    return [path]
-
-
 def _split_member_name(name: str) -> tuple[str, str]:
     """webdataset convention: key = path up to the first dot of the basename; the rest is the field."""
     directory, base = os.path.split(name)
@@ -391,11 +358,12 @@ def _shard_row(tar_path: str, key: str, members: dict[str, tarfile.TarInfo], tex
         captions = _as_caption_list(meta.get("caption"), parse_json_list=False)
     label = meta.get(columns.label) if columns.label and isinstance(meta, dict) else None
     image = ImageRef(tar_path, image_member.offset_data, image_member.size) if image_member else None
-    return SourceRow(f"tar:{tar_path}::{key}", key, image, captions, None if label in (None, "") else str(label))
+    return SourceRow(f"tar:{tar_path}::{key}", key, image, captions, None if label in (None, "") else str(label),
+                     meta if isinstance(meta, dict) and meta else None)
 
 
 def _read_shards(path: str, columns: Columns, skipped: Counter) -> Iterator[SourceRow]:
-    for tar_path in shard_files(path):
+    for tar_path in input_tars(path, f"--input {path}"):
         if not os.path.isfile(tar_path):
             raise FileNotFoundError(f"--input {path}: shard {tar_path} not found; rebuild or fix the manifest")
         tar_path = str(Path(tar_path).resolve())
@@ -476,7 +444,7 @@ def collect_samples(inputs: list[str], kind: str | None, columns: Columns, max_c
         for row in read_rows(path, kind, columns, result.skipped):
             merged = groups.get(row.group)
             if merged is None:
-                groups[row.group] = SourceRow(row.group, row.key_hint, row.image, list(row.captions), row.label)
+                groups[row.group] = SourceRow(row.group, row.key_hint, row.image, list(row.captions), row.label, row.meta)
                 continue
             if (row.image and merged.image and row.image != merged.image) or (
                     row.label and merged.label and row.label != merged.label):
@@ -485,6 +453,7 @@ def collect_samples(inputs: list[str], kind: str | None, columns: Columns, max_c
             merged.captions.extend(row.captions)
             merged.image = merged.image or row.image
             merged.label = merged.label or row.label
+            merged.meta = merged.meta or row.meta
     keys = _assign_keys(groups)
     for group, row in groups.items():
         if group in conflicts:
@@ -500,6 +469,6 @@ def collect_samples(inputs: list[str], kind: str | None, columns: Columns, max_c
         if columns.label and row.label is None:
             result.skipped["missing_label"] += 1
             continue
-        result.samples.append(Sample(keys[group], row.image, captions, row.label))
+        result.samples.append(Sample(keys[group], row.image, captions, row.label, row.meta))
     result.samples.sort(key=lambda sample: sample.key)
     return result

@@ -5,15 +5,15 @@ a `cls` key (ours, or CLIP_benchmark's layout, see eval.benchmark_wds). Retrieva
 `{"image", "captions"}` (or a folder holding captions.jsonl), a COCO-API captions JSON (MSCOCO
 Karpathy 5k test `coco_test_karpathy.json`, `captions_val2017.json`), a Flickr30k Karpathy
 `.txt` (header, then `<image>.jpg,<caption>` lines), webdataset shards whose json has "captions"
-or whose txt holds one caption per line. Shard specs follow the project contract: `DIR`
-(manifest.json; `DIR::val` picks the split), a brace pattern, a single .tar, `pipe:CMD`, or a list.
-A directory with several splits and none named evaluates val (CLIP_benchmark layout: test) and
-says so in `EvalDataset.split_note`.
+or whose txt holds one caption per line. Shard specs are data.specs's, as in training: `DIR`
+(manifest.json; `DIR::val` picks the split), an img2dataset output folder, a brace pattern, a
+single .tar, `pipe:CMD`, or a list. A directory with several splits and none named evaluates val
+(CLIP_benchmark layout: test) and says so in `EvalDataset.split_note`. Images decode through
+data.decode (the loader's and builder's decoder, with the same decompression-bomb limit).
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +21,17 @@ from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 
+from data import specs
+from data.decode import decode_image
 from eval import benchmark_wds
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-SPLIT_PREFERENCE = ("val", "test")  # when a source has several splits and none is named
 SOURCE_HELP = ("an ImageFolder dir, a .csv of path,label, webdataset shards (DIR with manifest.json"
-               "[::split], a .tar, a {000000..000009} pattern, pipe:CMD)")
+               "[::split], an img2dataset folder, a .tar, a {000000..000009} pattern, pipe:CMD)")
 RETRIEVAL_HELP = ("a captions .jsonl (or a dir holding captions.jsonl), a COCO captions .json, a Flickr30k "
-                  "Karpathy .txt, or webdataset shards (DIR with manifest.json or <split>/nshards.txt, .tar, "
-                  "brace pattern)")
+                  "Karpathy .txt, or webdataset shards (DIR with manifest.json or <split>/nshards.txt, an "
+                  "img2dataset folder, .tar, brace pattern)")
 
 
 @dataclass
@@ -64,36 +65,17 @@ class EvalDataset:
 
 
 def open_file(path: Path) -> Callable[[], Image.Image]:
-    return lambda: Image.open(path).convert("RGB")
+    return lambda: decode_image(path.read_bytes())
 
 
 def open_bytes(data: bytes) -> Callable[[], Image.Image]:
-    return lambda: Image.open(io.BytesIO(data)).convert("RGB")
+    return lambda: decode_image(data)
 
 
 # ---------------------------------------------------------------- shards
 
 def is_shard_spec(spec: str) -> bool:
-    path = Path(spec.split("::")[0])
-    return ("::" in spec or spec.endswith(".tar") or "{" in spec or spec.startswith("pipe:")
-            or (path / "manifest.json").is_file() or benchmark_wds.is_layout(path))
-
-
-def pick_split(available: list[str], named: str | None, where: str) -> tuple[str, str]:
-    """The split to read and, when it was chosen by default, a note saying so (else "")."""
-    if named is not None:
-        if named not in available:
-            raise ValueError(f"{where}: no split {named!r}; it has {', '.join(available) or 'none'}: "
-                             f"name one of those with DIR::SPLIT or --split")
-        return named, ""
-    if len(available) == 1:
-        return available[0], ""
-    chosen = next((name for name in SPLIT_PREFERENCE if name in available), None)
-    if chosen is None:
-        raise ValueError(f"{where}: has splits {', '.join(available)} and none was named; "
-                         f"pick one with DIR::SPLIT or --split")
-    return chosen, (f"{where} has splits {', '.join(available)} and none was named: evaluating "
-                    f"{chosen!r} (name one with DIR::SPLIT or --split)")
+    return specs.looks_like_spec(spec) or benchmark_wds.is_layout(Path(spec))
 
 
 @dataclass
@@ -104,15 +86,6 @@ class ShardSource:
     split_note: str = ""
 
 
-def manifest_source(folder: Path, split: str | None) -> ShardSource:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    shards = manifest.get("shards", [])
-    available = sorted({shard.get("split") for shard in shards if shard.get("split")})
-    chosen, note = pick_split(available, split, str(folder))
-    return ShardSource([str(folder / shard["file"]) for shard in shards if shard.get("split") == chosen],
-                       folder, chosen, note)
-
-
 def expand_shards(spec: str | list[str], split: str | None = None) -> ShardSource:
     """Shard URLs for a spec, plus the folder (class names), split read and default-split note."""
     if isinstance(spec, list):
@@ -120,27 +93,15 @@ def expand_shards(spec: str | list[str], split: str | None = None) -> ShardSourc
         first = next((part for part in parts if part.folder), parts[0])
         notes = "; ".join(part.split_note for part in parts if part.split_note)
         return ShardSource([url for part in parts for url in part.urls], first.folder, first.split, notes)
-    if spec.startswith("pipe:"):
-        return ShardSource([spec])
-    base, _, spec_split = spec.partition("::")
-    folder = Path(base)
+    base, spec_split = specs.split_suffix(spec)
     if spec_split and split and spec_split != split:
         raise ValueError(f"dataset {spec}: names split {spec_split!r} but --split/split says {split!r}; keep one")
-    if (folder / "manifest.json").is_file():
-        return manifest_source(folder, spec_split or split)
-    if benchmark_wds.is_layout(folder):
-        chosen, note = pick_split(benchmark_wds.splits(folder), spec_split or split, str(folder))
+    folder = Path(base)
+    if benchmark_wds.is_layout(folder) and not (folder / specs.MANIFEST).is_file():
+        chosen, note = specs.pick_split(benchmark_wds.splits(folder), spec_split or split, str(folder))
         return ShardSource(benchmark_wds.urls(folder, chosen), folder, chosen, note)
-    if folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no manifest.json and no <split>/nshards.txt; point at the shard "
-                                f"files, a folder written by data.build, or a CLIP_benchmark webdataset folder")
-    from braceexpand import braceexpand
-
-    urls = list(braceexpand(base))
-    missing = [url for url in urls if not Path(url).is_file()]
-    if missing:
-        raise FileNotFoundError(f"shard not found: {missing[0]} (from {spec}); expected {SOURCE_HELP}")
-    return ShardSource(urls)
+    resolved = specs.resolve(spec, split)
+    return ShardSource([shard.url for shard in resolved.shards], resolved.folder, resolved.split, resolved.note)
 
 
 def shard_samples(urls: list[str]) -> Iterator[dict[str, Any]]:

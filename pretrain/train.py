@@ -272,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ckpt.CheckpointError, ValueError) as error:
         print(f"error: model: {error}", file=sys.stderr)
         return 2
+    try:  # before DeepSpeed's ~15 s start-up: a wrong data path fails at once, in one line
+        from data.specs import resolve_sources
+
+        resolve_sources(cfg.data.train, cfg.data.split)
+    except (ValueError, OSError) as error:
+        print(f"error: data.train: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1  # as when the loader found it (callers and tests read 1 as "bad data", 2 as "bad config")
     from eval.training import evaluate_engine  # CLI wiring: the trainer is handed its evaluator
 
     _received.clear()

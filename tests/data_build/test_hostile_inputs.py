@@ -177,7 +177,7 @@ def test_shard_manifest_pointing_outside_its_folder_is_refused(tmp_path: Path) -
     manifest = json.loads((shards / "manifest.json").read_text())
     manifest["shards"][0]["file"] = "../elsewhere/other.tar"
     (shards / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"manifest.json lists '../elsewhere/other.tar', outside"):
+    with pytest.raises(ValueError, match=r"manifest.json lists '../elsewhere/other.tar', which is not a file in"):
         build_shards([str(shards)], str(tmp_path / "out"), **FAST)
 
 
@@ -205,5 +205,5 @@ def test_oversized_members_and_files_are_skipped_unread(tmp_path: Path, monkeypa
 
 
 def test_brace_pattern_naming_a_billion_files_is_refused_at_once(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"names more than 1000000 files"):
+    with pytest.raises(ValueError, match=r"names more than 1000000 shards"):
         build_shards([str(tmp_path / "x-{000000000..999999999}.tar")], str(tmp_path / "out"), **FAST)
