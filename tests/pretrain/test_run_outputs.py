@@ -11,7 +11,7 @@ import open_clip
 import pytest
 import torch
 
-from tests.pretrain.runner import REPO, read_metrics, run_module
+from tests.pretrain.runner import REPO, run_module
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,39 @@ def test_hub_folder_from_a_run_without_export(siglip_run: Path, tmp_path: Path) 
 def test_hub_folder_from_nothing_is_one_line(tmp_path: Path) -> None:
     result = run_module(["-m", "pretrain.export_hub", str(tmp_path), str(tmp_path / "hub")], check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_report_renders_from_the_run_dir(siglip_run: Path, tmp_path: Path) -> None:
+    from PIL import Image, ImageStat
+
+    from pretrain.report import find_images, last_eval
+
+    result = run_module(["-m", "pretrain.report", str(siglip_run), "--out", str(tmp_path / "report")])
+    png = tmp_path / "report" / "report.png"
+    assert f"wrote {png}" in result.stdout
+    image = Image.open(png)
+    assert image.width > 800 and image.height > 800 and png.stat().st_size > 40_000
+    assert max(ImageStat.Stat(image.convert("L")).stddev) > 20  # drawn on, not a blank canvas
+    assert "src='report.png'" in (tmp_path / "report" / "report.html").read_text()
+    # The retrieval grid: the last evaluation kept top-k examples, and their images are found in the shards.
+    examples = next(r for r in last_eval(siglip_run) if r["task"] == "zeroshot_retrieval")
+    keys = {hit["key"] for example in examples["examples"] for hit in example["retrieved"]}
+    assert len(examples["examples"]) >= 4 and all(len(e["retrieved"]) == 4 for e in examples["examples"])
+    assert set(find_images(examples["data"], examples["split"], keys)) == keys
+
+
+def test_report_reads_one_history_across_resumes(tmp_path: Path) -> None:
+    import matplotlib
+
+    from pretrain.report import read_metrics, render
+
+    lines = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)] + [{"event": "resume", "step": 2}, {"step": 3, "loss": 0.2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 0.5), (3, 0.2)]
+    assert render(tmp_path).is_file()  # no eval, no examples: those panels say so
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+def test_report_without_metrics_is_one_line(tmp_path: Path) -> None:
+    result = run_module(["-m", "pretrain.report", str(tmp_path)], check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "metrics.jsonl not found" in result.stderr

@@ -1,0 +1,243 @@
+"""One picture of a run: losses, lr, temperature, throughput, eval metrics and retrieval examples.
+
+    python -m pretrain.report RUN_DIR [--out DIR]
+
+Reads RUN/metrics.jsonl and the newest RUN/eval/step_*.json (else RUN/results/results.json) and
+writes DIR/report.png and DIR/report.html (default DIR: RUN/report). Matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.gridspec import GridSpec, GridSpecFromSubplotSpec  # noqa: E402
+
+HEADLINE_EVAL = ("acc1", "lp_acc1", "image_retrieval_recall@1", "text_retrieval_recall@1",
+                 "image_retrieval_recall@5", "text_retrieval_recall@5")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+class ReportError(RuntimeError):
+    """A run dir the report cannot be drawn from; one line naming the fix."""
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """RUN/metrics.jsonl as the run's one history: a resume/restart marker at step N drops the
+    earlier lines of steps after N (a run killed after its checkpoint logged them once already)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise ReportError(f"{path} not found; give a run directory written by pretrain.train")
+    records: list[dict[str, Any]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if "event" in record:
+            records = [kept for kept in records if kept["step"] <= record["step"]]
+        else:
+            records.append(record)
+    if not records:
+        raise ReportError(f"{path} holds no logged steps yet; train past logging.every_steps first")
+    return records
+
+
+def series(records: list[dict], name: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def last_eval(run_dir: Path) -> list[dict]:
+    """The newest evaluation records: training-time RUN/eval/step_*.json, else RUN/results/results.json."""
+    steps = sorted((run_dir / "eval").glob("step_*.json"))
+    source = steps[-1] if steps else run_dir / "results" / "results.json"
+    return json.loads(source.read_text(encoding="utf-8")) if source.is_file() else []
+
+
+# --- panels -----------------------------------------------------------------------------------------
+
+
+def plot_lines(ax, records: list[dict], names: tuple[str, ...], title: str, log: bool = False) -> None:
+    for index, name in enumerate(names):
+        steps, values = series(records, name)
+        if steps and any(values):  # the parts dashed: with one part it lies exactly under the total
+            ax.plot(steps, values, label=name, marker="." if len(steps) < 30 else None, linestyle="--" if index else "-")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if log:
+        ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def plot_throughput(ax, records: list[dict]) -> None:
+    steps, values = series(records, "samples_per_s")
+    ax.plot(steps, values, color="tab:blue")
+    ax.set_ylabel("samples/s", color="tab:blue")
+    ax.set_ylim(bottom=0)
+    wait_ax = ax.twinx()
+    steps, waits = series(records, "data_wait")
+    wait_ax.plot(steps, [100 * w for w in waits], color="tab:red", alpha=0.7)
+    wait_ax.set_ylabel("data wait, % of step time", color="tab:red")
+    wait_ax.set_ylim(0, max(100 * max(waits, default=0) * 1.2, 5))
+    ax.set_title("throughput and data wait")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+
+
+def plot_eval(ax, records: list[dict]) -> None:
+    names = sorted({k for r in records for k in r if k.startswith("eval/") and k.rsplit("/", 1)[-1] in HEADLINE_EVAL})
+    for name in names:
+        steps, values = series(records, name)
+        ax.plot(steps, values, marker="o", label=name[len("eval/"):])
+    ax.set_title("evaluation during training")
+    ax.set_xlabel("step")
+    if names:
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.text(0.5, 0.5, "no evaluation during training\n(set eval.suite and eval.every_steps)",
+                ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+
+
+def plot_summary(ax, run_dir: Path, records: list[dict], evaluation: list[dict]) -> None:
+    last = records[-1]
+    lines = [f"run: {run_dir.resolve().name}", f"steps: {last['step']}   samples: {last.get('samples_seen', '-')}",
+             f"final loss: {last.get('loss', float('nan')):.4g}   temperature: {last.get('temperature', float('nan')):.4g}",
+             f"skipped samples: {last.get('skipped_samples', 0)}   non-finite steps: {last.get('nonfinite_steps', 0)}",
+             f"peak memory: {last.get('peak_memory_mb', 0):.0f} MB", "", "last evaluation:"]
+    for record in evaluation:
+        lines.append(f"  {record['dataset']}:")
+        lines.extend(f"    {k} = {v:.3f}" for k, v in record["metrics"].items() if k in HEADLINE_EVAL)
+    ax.text(0.05, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=9, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def find_images(data: Any, split: str | None, keys: set[str]) -> dict[str, Any]:
+    """Images of `keys` from a local shard folder (SPEC or SPEC::split); {} for other sources."""
+    from PIL import Image
+
+    folder = Path(str(data).split("::")[0])
+    if not folder.is_dir() or not keys:
+        return {}
+    tars = sorted(folder.glob("*.tar"))
+    if split:  # data.build names shards PREFIX-SPLIT-NNNNNN.tar
+        tars = [t for t in tars if f"-{split}-" in t.name] or tars
+    found: dict[str, Any] = {}
+    for tar_path in tars:
+        with tarfile.open(tar_path) as archive:
+            for member in archive:
+                key, _, suffix = member.name.rpartition(".")
+                if key in keys and f".{suffix.lower()}" in IMAGE_SUFFIXES and key not in found:
+                    found[key] = Image.open(io.BytesIO(archive.extractfile(member).read())).convert("RGB")
+        if len(found) == len(keys):
+            break
+    return found
+
+
+def plot_examples(fig, spec, evaluation: list[dict], max_queries: int = 4) -> None:
+    record = next((r for r in evaluation if r.get("examples")), None)
+    if record is None:
+        ax = fig.add_subplot(spec)
+        ax.text(0.5, 0.5, "no retrieval examples in the last evaluation (add a zeroshot_retrieval task to eval.suite)",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    examples = record["examples"][:max_queries]
+    top_k = max(len(e["retrieved"]) for e in examples)
+    images = find_images(record.get("data"), record.get("split"),
+                         {r["key"] for e in examples for r in e["retrieved"]} | {e["target"] for e in examples})
+    grid = GridSpecFromSubplotSpec(len(examples), top_k + 2, subplot_spec=spec, wspace=0.08, hspace=0.35,
+                                   width_ratios=[2.2, 1] + [1] * top_k)
+    for row, example in enumerate(examples):
+        label = fig.add_subplot(grid[row, 0])
+        label.text(1.0, 0.5, _wrap(example["query"], 34), ha="right", va="center", fontsize=8, transform=label.transAxes)
+        label.set_axis_off()
+        cells = [("query's image", example["target"], None, "tab:blue")] + [
+            (f"#{rank + 1} {hit['score']:.2f}", hit["key"], hit.get("caption"), "tab:green" if hit["hit"] else "tab:red")
+            for rank, hit in enumerate(example["retrieved"])]
+        for column, (title, key, caption, colour) in enumerate(cells, start=1):
+            ax = fig.add_subplot(grid[row, column])
+            if key in images:
+                ax.imshow(images[key])
+            else:
+                ax.text(0.5, 0.5, _wrap(caption or key, 18), ha="center", va="center", fontsize=6, transform=ax.transAxes)
+            ax.set_title(title, fontsize=7, color=colour)
+            ax.set_xticks([]), ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_edgecolor(colour)
+                side.set_linewidth(2)
+    fig.text(0.5, spec.get_position(fig).y1 + 0.012,
+             f"text -> image retrieval on {record['dataset']} (green: the caption's own image, red: another image)",
+             ha="center", fontsize=10)
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)[:4])
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+
+def render(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Writes OUT/report.png and OUT/report.html; returns the PNG's path."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    records, evaluation = read_metrics(run_dir), last_eval(run_dir)
+    fig = plt.figure(figsize=(15, 14))
+    grid = GridSpec(3, 3, figure=fig, height_ratios=[1, 1, 1.4], hspace=0.38, wspace=0.3, top=0.95)
+    plot_lines(fig.add_subplot(grid[0, 0]), records, ("loss", "contrastive", "mlm"), "loss and its parts")
+    plot_lines(fig.add_subplot(grid[0, 1]), records, ("lr",), "learning rate")
+    plot_lines(fig.add_subplot(grid[0, 2]), records, ("temperature", "logit_bias"), "temperature (exp logit_scale)")
+    plot_throughput(fig.add_subplot(grid[1, 0]), records)
+    plot_eval(fig.add_subplot(grid[1, 1:]), records)
+    plot_examples(fig, grid[2, :2], evaluation)
+    plot_summary(fig.add_subplot(grid[2, 2]), run_dir, records, evaluation)
+    fig.suptitle(f"pretrain report: {run_dir}", fontsize=14, y=0.985)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / "report.png"
+    fig.savefig(png, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    (out_dir / "report.html").write_text(report_html(run_dir, records[-1]), encoding="utf-8")
+    return png
+
+
+def report_html(run_dir: Path, last: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>" for k, v in last.items()
+                   if isinstance(v, (int, float)) and k != "time")
+    title = html.escape(f"pretrain report: {run_dir}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
+            f"<h1>{title}</h1><img src='report.png' alt='training curves and retrieval examples' style='max-width:100%'>"
+            f"<h2>last logged step</h2><table border='1' cellpadding='3'>{rows}</table></body></html>\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
+    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
+    args = parser.parse_args(argv)
+    try:
+        png = render(args.run_dir, args.out)
+    except (ReportError, OSError, json.JSONDecodeError) as error:
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"wrote {png} and {png.with_suffix('.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
