@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torchvision import transforms as T
 
+from data.device_decode import DeviceDecoder
+
 
 def split_normalize(transform: Callable) -> tuple[T.Compose, tuple[float, ...], tuple[float, ...]]:
     """(transform ending in PILToTensor (uint8), mean, std) from a Compose ending in ToTensor, Normalize.
@@ -58,8 +60,9 @@ class DeviceBatches:
     time spent waiting for the loader.
     """
 
-    def __init__(self, loader, device: torch.device, normalize: DeviceNormalizer) -> None:
-        self.loader, self.device, self.normalize = loader, device, normalize
+    def __init__(self, loader, device: torch.device, normalize: DeviceNormalizer,
+                 decode: DeviceDecoder | None = None) -> None:
+        self.loader, self.device, self.normalize, self.decode = loader, device, normalize, decode
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.wait_s = 0.0
         self.position = loader.position()
@@ -95,11 +98,19 @@ class DeviceBatches:
         batch = next(self._batches)
         self.wait_s += time.perf_counter() - start
         if self.stream is None:
-            return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.cuda.stream(self.stream):
-            return {k: _pinned(v).to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                    for k, v in batch.items()}
+            return self._to_device(batch)
+        with torch.cuda.stream(self.stream):  # the copies (and a device decode) overlap the current step
+            return self._to_device(batch)
+
+    def _to_device(self, batch: dict) -> dict:
+        if "jpegs" in batch:  # data.decode=gpu: the images are made on the device
+            if self.decode is None:
+                raise ValueError("data.decode: the loader ships JPEG bytes but no DeviceDecoder was given")
+            batch = self.decode(batch)
+        pin = self.stream is not None  # page-locked host memory: the copy to CUDA is asynchronous
+        return {k: (_pinned(v) if pin else v).to(self.device, non_blocking=pin) if torch.is_tensor(v) else v
+                for k, v in batch.items()}
 
 
 def _pinned(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if tensor.is_pinned() else tensor.pin_memory()
+    return tensor if tensor.device.type != "cpu" or tensor.is_pinned() else tensor.pin_memory()

@@ -57,6 +57,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.decode import decode_image, resize_target
+from data.device_decode import DECODES, CropPlan, EncodedImage, collate, prepare
 from data.masking import IGNORE_INDEX, mask_tokens
 from data.tarstream import ReadStats, iter_samples, read_samples_at
 from data.shards import (
@@ -82,6 +83,7 @@ class DataConfig:
     workers: int = 2
     shuffle_buffer: int = 1000
     fast_decode: bool = True
+    decode: str = "cpu"  # "gpu": workers ship JPEG bytes + crops, the trainer decodes (data.device_decode)
     image_key: str = "jpg"
     caption_key: str = "txt"
     multi_caption: bool = True  # pick one of json["captions"] per (seed, epoch, key)
@@ -93,6 +95,8 @@ class DataConfig:
             raise ValueError(f"split: {self.split!r} is not a split; use 'train' or 'val'")
         if self.mode not in MODES:
             raise ValueError(f"mode: {self.mode!r} is unknown; use 'epoch' or 'resampled'")
+        if self.decode not in DECODES:
+            raise ValueError(f"decode: {self.decode!r} is unknown; use 'cpu' or 'gpu'")
         for name in ("workers", "shuffle_buffer"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -378,8 +382,9 @@ class SampleDecoder:
     multi_caption: bool
     seed: int
     draft_side: int | None
+    crop_plan: CropPlan | None = None  # data.decode=gpu: JPEGs leave as bytes + crop (data.device_decode)
 
-    def __call__(self, sample: dict, augment_seed: int) -> tuple[torch.Tensor, str]:
+    def __call__(self, sample: dict, augment_seed: int) -> tuple[torch.Tensor | EncodedImage, str]:
         """``augment_seed`` seeds torch's RNG for the random transforms (restored afterwards, so
         in-process loading leaves the training RNG alone): resumed runs get identical images."""
         if self.image_key not in sample or not {self.caption_key, "json"} & sample.keys():
@@ -388,13 +393,15 @@ class SampleDecoder:
         if "__oversized__" in sample:  # left unread by the tar reader (data.tarstream.MAX_MEMBER_BYTES)
             raise SkipSample("oversized_member", sample["__oversized__"])
         caption = self.caption(sample)
-        try:
-            image = decode_image(sample[self.image_key], self.draft_side)
-        except Exception as exn:  # PIL raises OSError, ValueError, SyntaxError, ... on bad bytes
-            raise SkipSample("corrupt_image", repr(exn)[:200]) from None
         with torch.random.fork_rng(devices=[]):
             # Only the CPU generator: torch.manual_seed also seeds every accelerator backend (~1 ms).
             torch.default_generator.manual_seed(augment_seed)
+            try:
+                if self.crop_plan is not None and (encoded := prepare(sample[self.image_key], self.crop_plan)):
+                    return encoded, caption
+                image = decode_image(sample[self.image_key], self.draft_side if self.crop_plan is None else None)
+            except Exception as exn:  # PIL raises OSError, ValueError, SyntaxError, ... on bad bytes
+                raise SkipSample("corrupt_image", repr(exn)[:200]) from None
             try:
                 return self.preprocess(image), caption
             except Exception as exn:  # e.g. degenerate sizes that decode but cannot be resized
@@ -506,7 +513,8 @@ class StreamDataset(IterableDataset):
     def _collate(self, images: list, captions: list[str], keys: list[str], worker: int, cursor: int) -> dict:
         """images [B, 3, H, W], texts [B, L] (+ mlm_input_ids, mlm_labels [B, L], mlm_positions [M])."""
         texts = self.tokenizer(captions)
-        batch = {"images": torch.stack(images), "texts": texts, "keys": list(keys)}
+        plan = self.decoder.crop_plan
+        batch = {"texts": texts, "keys": list(keys), **(collate(images, plan) if plan else {"images": torch.stack(images)})}
         if self.mask is not None:
             # Seeded by the stream position, so a resumed run masks exactly like the original.
             mlm_seed = derive_seed("mlm", self.plan.seed, self.plan.rank, worker, cursor)
@@ -704,7 +712,8 @@ def build_loader(
     num_slots = _num_slots(cfg, sources, rank, world_size)
     plan = StreamPlan(sources, cfg.mode, seed, rank, world_size, num_slots, cfg.shuffle_buffer)
     decoder = SampleDecoder(preprocess, cfg.image_key, cfg.caption_key, cfg.multi_caption, seed,
-                            resize_target(preprocess) if cfg.fast_decode else None)
+                            resize_target(preprocess) if cfg.fast_decode else None,
+                            CropPlan.from_transform(preprocess) if cfg.decode == "gpu" else None)
     mask = _mask_spec(tokenizer, mlm_probability, mask_token_id, vocab_size)
     dataset_args = {"decoder": decoder, "tokenizer": tokenizer, "batch_size": batch_size, "mask": mask}
     return StreamingLoader(plan, dataset_args, cfg.prefetch_factor, use_processes=cfg.workers > 0, pin_memory=pin_memory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -18,6 +19,8 @@ from pretrain.checkpoint import Checkpointer
 from pretrain.config import TrainConfig, dump_config
 from pretrain.distributed import DistContext, all_true
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RunParts:
@@ -28,6 +31,7 @@ class RunParts:
     checkpointer: Checkpointer
     preprocess_val: Callable
     tokenizer: Callable
+    decode: Any = None  # data.device_decode.DeviceDecoder with data.decode=gpu: JPEGs decoded on the device
 
 
 RUN_LOCK = ".lock"
@@ -88,6 +92,7 @@ def build_everything(cfg: TrainConfig, dist: DistContext) -> RunParts:
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from data.device import DeviceNormalizer, split_normalize
+    from data.device_decode import CropPlan, DeviceDecoder
     from data.loader import build_loader
     from pretrain.engine import build_engine
     from pretrain.model import build_model
@@ -122,7 +127,14 @@ def build_everything(cfg: TrainConfig, dist: DistContext) -> RunParts:
             "lower micro_batch or add data"
         )
     checkpointer = Checkpointer(Path(cfg.run_dir), cfg.checkpoint.keep_last, dist)
-    return RunParts(engine, optimizer, loader, DeviceNormalizer(mean, std), checkpointer, preprocess_val, tokenizer)
+    decode = None
+    if cfg.data.decode == "gpu":
+        if dist.device.type != "cuda" and dist.rank == 0:
+            log.warning("data.decode=gpu on %s: JPEGs are decoded in the trainer process, not in the loader "
+                        "workers (meant for CUDA; use data.decode=cpu here)", dist.device)
+        decode = DeviceDecoder(CropPlan.from_transform(preprocess_train), dist.device)
+    return RunParts(engine, optimizer, loader, DeviceNormalizer(mean, std), checkpointer, preprocess_val, tokenizer,
+                    decode)
 
 
 def configure_backends(device: torch.device) -> None:

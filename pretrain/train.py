@@ -58,7 +58,7 @@ def train(cfg: TrainConfig, dist: DistContext, evaluate: Evaluator | None = None
     resume_from = resolve_resume(cfg, checkpointer)
     if resume_from is not None:
         restore(engine, parts.loader, state, checkpointer, resume_from, cfg, dist)
-    batches = DeviceBatches(parts.loader, dist.device, parts.normalize)  # resumes where the loader stands
+    batches = DeviceBatches(parts.loader, dist.device, parts.normalize, parts.decode)  # resumes where the loader stands
     total_steps = cfg.total_steps(dist.world_size)
     tracker = Tracker(run_dir, cfg, dist.is_main, total_steps, state.step, resume_from)
     tracker.message(describe_run(cfg, dist, total_steps, resume_from))

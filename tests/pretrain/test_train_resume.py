@@ -76,3 +76,21 @@ def test_resume_is_exact_with_patch_dropout(demo_shards, tmp_path):
             "model.patch_dropout=0.5"]
     torchrun(2, [*args, f"run_dir={tmp_path / 'full'}"])
     assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: torchrun(2, [*args, *extra]))
+
+
+def test_device_decode_trains_like_cpu_decode_and_resumes_exactly(demo_shards, tmp_path):
+    """data.decode=gpu (run here with torchvision's CPU decoder in the trainer process): the
+    losses follow CPU decode's (same crops, pixels within the resampling kernel's noise), and a
+    resumed run continues them exactly."""
+    from tests.pretrain.runner import run_module
+
+    args = ["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
+            "zero.stage=0", "total_samples=48", "data.workers=2", "data.fast_decode=false"]
+    run_module([*args, "data.decode=gpu", f"run_dir={tmp_path / 'full'}"])
+    run_module([*args, "data.decode=cpu", f"run_dir={tmp_path / 'cpu'}"])
+    device, cpu = losses(tmp_path / "full", 1), losses(tmp_path / "cpu", 1)
+    assert sorted(device) == sorted(cpu) == [1, 2, 3, 4, 5, 6]
+    for step in cpu:
+        assert device[step] == pytest.approx(cpu[step], abs=2e-3), (step, device, cpu)
+    assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed",
+                                      lambda extra: run_module([*args, "data.decode=gpu", *extra]))
