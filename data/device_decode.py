@@ -16,19 +16,17 @@ with antialiasing; a level or two of 255).
 """
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from open_clip.transform import MaybeConvertMode
-from PIL import Image
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from data.images import DEFAULT_MAX_PIXELS
+from data.decode import EXIF_ORIENTATION, decode_image, open_image
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +78,13 @@ class EncodedImage:
 
 def prepare(data: bytes, plan: CropPlan) -> EncodedImage | None:
     """The worker's part: an EncodedImage (crop drawn from torch's default generator), or None when
-    the image must be decoded on the CPU (not an RGB/greyscale JPEG). Raises OSError/ValueError for
-    data the CPU path would refuse too (unreadable header, decompression bomb, cut-off file)."""
-    with Image.open(io.BytesIO(data)) as image:  # reads the header only
-        if image.format != "JPEG" or image.mode not in DEVICE_MODES:
+    the image must be decoded on the CPU (not an RGB/greyscale JPEG, or rotated by its EXIF
+    orientation). Raises OSError/ValueError for data the CPU path refuses too (unreadable header,
+    over data.decode's decompression-bomb limit, cut-off file)."""
+    with open_image(data) as image:  # the header only, checked against the shared pixel limit
+        if image.format != "JPEG" or image.mode not in DEVICE_MODES or image.getexif().get(EXIF_ORIENTATION, 1) != 1:
             return None
         width, height = image.size
-    if width * height > DEFAULT_MAX_PIXELS:
-        raise ValueError(f"{width}x{height} pixels is over the decompression-bomb limit {DEFAULT_MAX_PIXELS}")
     if not data.rstrip(b"\0").endswith(JPEG_END):  # cut-off files: the usual damage, caught before the device
         raise OSError("JPEG ends before its end-of-image marker (truncated file)")
     return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), plan.params(height, width))
@@ -139,8 +136,7 @@ class DeviceDecoder:
         except RuntimeError:
             pass
         try:
-            with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-                return F.pil_to_tensor(image.convert("RGB")).to(self.device)
+            return F.pil_to_tensor(decode_image(data.numpy().tobytes())).to(self.device)
         except Exception as exn:  # noqa: BLE001 - PIL raises many types; the image becomes zeros, counted
             self.failed += 1
             log.warning("data: an image passed the worker's checks but failed to decode (%s); it is zeros in this "
