@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import json
 import sys
 import tarfile
@@ -126,22 +125,29 @@ def plot_summary(ax, run_dir: Path, records: list[dict], evaluation: list[dict])
 
 
 def find_images(data: Any, split: str | None, keys: set[str]) -> dict[str, Any]:
-    """Images of `keys` from a local shard folder (SPEC or SPEC::split); {} for other sources."""
-    from PIL import Image
+    """Images of `keys` from local shards (any spec data.specs resolves, as eval read them);
+    {} for other sources. Decoded like training and eval decode them (data.decode)."""
+    from data import specs
+    from data.decode import decode_image
 
-    folder = Path(str(data).split("::")[0])
-    if not folder.is_dir() or not keys:
+    if not isinstance(data, str) or not keys or not specs.looks_like_spec(data):
         return {}
-    tars = sorted(folder.glob("*.tar"))
-    if split:  # data.build names shards PREFIX-SPLIT-NNNNNN.tar
-        tars = [t for t in tars if f"-{split}-" in t.name] or tars
+    try:
+        shards = specs.resolve(data, split).shards
+    except (ValueError, OSError):  # the data moved since the run: a report without examples
+        return {}
     found: dict[str, Any] = {}
-    for tar_path in tars:
-        with tarfile.open(tar_path) as archive:
+    for shard in shards:
+        if specs.is_remote(shard.url):
+            continue  # a report never downloads
+        with tarfile.open(shard.url) as archive:
             for member in archive:
                 key, _, suffix = member.name.rpartition(".")
                 if key in keys and f".{suffix.lower()}" in IMAGE_SUFFIXES and key not in found:
-                    found[key] = Image.open(io.BytesIO(archive.extractfile(member).read())).convert("RGB")
+                    try:
+                        found[key] = decode_image(archive.extractfile(member).read())
+                    except (OSError, ValueError, SyntaxError):  # a skipped sample in training too
+                        continue
         if len(found) == len(keys):
             break
     return found
