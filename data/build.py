@@ -33,7 +33,7 @@ from webdataset import TarWriter
 
 from data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageOptions, ProcessedImage, SkipImage, content_digest, process_image
 from data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collect_samples
-from data.specs import expand_pattern
+from data.specs import expand_pattern, has_range
 
 SPLITS = ("train", "val")
 SKIP_REASONS = ("corrupt_image", "too_small", "too_large", "empty_caption", "duplicate",
@@ -268,7 +268,7 @@ def _remove_tmp_files(output: str) -> None:
 
 
 def _input_files(path: str) -> list[str]:
-    return expand_pattern(path, f"--input {path}") if "{" in path and ".." in path else [path]
+    return expand_pattern(path, f"--input {path}") if has_range(path) else [path]
 
 
 def check_output(output: str, inputs: Sequence[str]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.specs import expand_pattern, input_tars
+from data.specs import expand_pattern, has_range, input_tars
 
 KINDS = ("jsonl", "csv", "parquet", "folder", "shards")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -104,7 +104,7 @@ def sanitize_key(text: str) -> str:
 
 def detect_kind(path: str) -> str:
     """Input kind from the path: a table by suffix, a brace pattern/.tar/dir of tars, or a folder."""
-    if "{" in path and ".." in path:
+    if has_range(path):
         return "shards"
     lower = path.lower()
     if lower.endswith((".jsonl", ".json", ".ndjson")):
@@ -123,7 +123,7 @@ def detect_kind(path: str) -> str:
 
 
 def check_input_exists(path: str) -> None:
-    if "{" in path and ".." in path:
+    if has_range(path):
         missing = [p for p in expand_pattern(path, f"--input {path}") if not os.path.exists(p)]
         if missing:
             raise FileNotFoundError(f"--input {path}: shard {missing[0]} not found; check the pattern")

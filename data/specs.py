@@ -1,6 +1,6 @@
 """Shard specs -> shard lists: the one parser the training loader, eval and data.build share.
 
-A *spec* (see notes/CONTRACT.md) is one of:
+A *spec* is one of:
   - a folder written by data.build (manifest.json): ``DIR`` (the split asked for) or ``DIR::val``;
   - a folder written by img2dataset: ``NNNNN.tar`` + ``NNNNN_stats.json`` (+ ``NNNNN.parquet``),
     one unnamed split whose sample counts are the stats' "successes";
@@ -17,9 +17,12 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import braceexpand
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MANIFEST = "manifest.json"
 STATS_SUFFIX = "_stats.json"  # img2dataset's per-shard summary, beside NNNNN.tar
@@ -85,6 +88,11 @@ def looks_like_spec(spec: str) -> bool:
     folder = local_path(base)
     return (split is not None or base.endswith(".tar") or "{" in base or is_remote(base)
             or (folder / MANIFEST).is_file() or is_img2dataset(folder))
+
+
+def has_range(path: str) -> bool:
+    """Whether ``path`` holds a brace range (``{000..009}``): a pattern, not a file name."""
+    return "{" in path and ".." in path
 
 
 def brace_size_bound(pattern: str) -> int:
@@ -231,7 +239,7 @@ def read_img2dataset(folder: Path, spec: str) -> list[Shard]:
     return shards
 
 
-def img2dataset_metadata(folder: Path):  # -> pyarrow.Table
+def img2dataset_metadata(folder: Path) -> pa.Table:
     """Every row img2dataset wrote to the folder's ``NNNNN.parquet`` files (failed downloads too:
     url, caption, key, status, error_message, sizes, exif, sha256), one table."""
     import pyarrow as pa
