@@ -11,7 +11,9 @@ Phases (each under its own timeout; a failing phase is recorded and the rest sti
 3. mlm + eval: bf16 ZeRO-2 with MLM and the demo eval suite during training; then the export is
    scored by `eval.run` on CUDA.
 4. bench: benchmarks.train_bench, ViT-B-32 bf16 batch 256, ours (ZeRO 0/2/3) vs open_clip_train on
-   the real shards; ours on the cheap shards; benchmarks.ceiling (plain torch loop, random tensors).
+   the real shards; ours with data.decode=gpu on them; ours on the cheap shards; benchmarks.loader_bench
+   on the real shards at full machine (CPU decode, device decode, open_clip's loader);
+   benchmarks.ceiling (plain torch loop, random tensors).
 Writes gpu-check-DATE-DEVICE.json and .md into --out, and prints the table.
 
 On the project's GPU machines (no registry): install the wheels from ../shared/gpu/fetch_wheels.sh
@@ -30,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.coco_shards import build_command, replicated_table
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = "pretrain/configs/smoke.yaml"
@@ -62,19 +66,10 @@ def metrics_of(run_dir: Path) -> list[dict]:
 def build_shards(coco: Path, work: Path, log_dir: Path, workers: int, replicas: int) -> dict:
     """Demo shards plus coco-mini replicated `replicas` times at 384 px and 64 px."""
     table = work / "coco-replicated.jsonl"
-    rows = [json.loads(line) for line in (coco / "captions.jsonl").read_text().splitlines() if line.strip()]
-    with open(table, "w") as out:
-        for copy in range(replicas):
-            for index, row in enumerate(rows):
-                image = str((coco / row["image"]).resolve())
-                out.write(json.dumps({"image": image, "captions": row["captions"], "key": f"c{copy:03d}i{index:04d}"}) + "\n")
+    replicated_table(coco, table, replicas)
     results = {}
     for name, side in (("real", 384), ("cheap", 64)):
-        ok, tail, seconds = run(f"shards-{name}", py("-m", "data.build", "--input", str(table), "--output", str(work / name),
-                                                     "--image-root", str(coco.resolve()), "--key-column", "key",
-                                                     "--max-side", str(side), "--shard-size", "256",
-                                                     "--val-fraction", "0", "--workers", str(workers), "--no-progress"),
-                                600, log_dir)
+        ok, tail, seconds = run(f"shards-{name}", build_command(coco, table, work / name, side, workers), 600, log_dir)
         manifest = work / name / "manifest.json"
         kept = sum(s.get("count", 0) for s in json.loads(manifest.read_text()).get("shards", [])) if manifest.is_file() else 0
         results[name] = {"ok": ok and kept > 0, "seconds": round(seconds, 1), "samples": kept, "tail": tail}
@@ -127,12 +122,20 @@ def bench(work: Path, log_dir: Path, args: argparse.Namespace) -> dict:
     common = ["--model", args.bench_model, "--batch-size", str(batch), "--precision", "bf16", "--workers", str(args.workers),
               "--samples", str(samples), "--log-every", "5", "--warmup", "5"]
     for name, extra in (("real", ["--shards", str(work / "real"), "--stages", "0" if args.quick else "0,2,3"]),
+                        ("real-gpu-decode", ["--shards", str(work / "real"), "--stages", "0", "--skip-peer", "--decode", "gpu"]),
                         ("cheap", ["--shards", str(work / "cheap"), "--stages", "0", "--skip-peer"])):
         result_file = work / f"bench-{name}.json"
         ok, tail, seconds = run(f"bench-{name}", py("-m", "benchmarks.train_bench", *common, *extra, "--out", str(result_file)),
                                 600, log_dir)
         out[name] = {"ok": ok, "seconds": round(seconds, 1), "tail": None if ok else tail,
                      "result": json.loads(result_file.read_text()) if ok and result_file.is_file() else None}
+    loader_file = work / "loader-bench.json"
+    ok, tail, seconds = run("loader-bench", py("-m", "benchmarks.loader_bench", "--shards", str(work / "real"),
+                                               "--model", args.bench_model, "--batch-size", str(batch), "--batches",
+                                               "8" if args.quick else "24", "--workers", str(args.workers),
+                                               "--decode", "cpu,gpu", "--out", str(loader_file)), 600, log_dir)
+    out["loader"] = {"ok": ok, "seconds": round(seconds, 1), "tail": None if ok else tail,
+                     "result": json.loads(loader_file.read_text()) if ok and loader_file.is_file() else None}
     ok, tail, seconds = run("ceiling", py("-m", "benchmarks.ceiling", "--model", args.bench_model, "--batch-size", str(batch),
                                           "--precision", "bf16"), 300, log_dir)
     match = re.search(r"\{.*\"samples_per_s\".*\}", tail)
@@ -149,7 +152,9 @@ def summary(report: dict) -> list[str]:
     ceiling = (report.get("bench", {}).get("ceiling") or {}).get("result") or {}
     ours = (real.get("ours") or {}).get("samples_per_s")
     theirs = (real.get("theirs") or {}).get("samples_per_s")
+    gpu_decode = (report.get("bench", {}).get("real-gpu-decode") or {}).get("result") or {}
     rows = [("ours ZeRO-0, real-JPEG shards", ours), ("open_clip_train, real-JPEG shards", theirs),
+            ("ours ZeRO-0, real-JPEG shards, data.decode=gpu", (gpu_decode.get("ours") or {}).get("samples_per_s")),
             ("ours ZeRO-0, cheap-decode shards", (cheap.get("ours") or {}).get("samples_per_s")),
             ("data-free ceiling (plain torch loop)", ceiling.get("samples_per_s"))]
     for stage, result in (real.get("zero_stages") or {}).items():
@@ -163,6 +168,14 @@ def summary(report: dict) -> list[str]:
     cheap_ours = (cheap.get("ours") or {}).get("samples_per_s")
     if cheap_ours and ceiling.get("samples_per_s"):
         ratios.append(f"ours (cheap decode) / ceiling: {cheap_ours / ceiling['samples_per_s']:.2f} (target >= 0.9)")
+    loader_rows = ((report.get("bench", {}).get("loader") or {}).get("result") or {}).get("rows") or []
+    if loader_rows:
+        lines += ["", "| loader (real-JPEG shards) | workers | img/s | img/s/worker | / open_clip |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['loader']} | {r['workers']} | {r['images_per_s']:.0f} | {r['per_worker']:.0f} | {r['vs_open_clip']:.2f} |"
+                  for r in loader_rows]
+        device_rows = [r for r in loader_rows if "device decode" in r["loader"]]
+        if device_rows:
+            ratios.append(f"loader, data.decode=gpu / open_clip: {device_rows[-1]['vs_open_clip']:.2f} (target >= 2)")
     stages = real.get("zero_stages") or {}
     for stage, target in (("2", 0.95), ("3", 0.8)):
         if stage in stages and "0" in stages:

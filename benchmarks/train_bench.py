@@ -87,6 +87,7 @@ class BenchSettings:
     device: str
     shards: str
     log_every: int = 1  # ours: steps per metrics read (each read synchronises the device)
+    decode: str = "cpu"  # ours: data.decode (gpu: JPEGs decoded on the device)
 
 
 # --- log parsing -----------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def run_ours(settings: BenchSettings, stage: int, work: Path) -> RunResult:
         f"optim.warmup_samples={WARMUP_STEPS * settings.batch_size * settings.nproc}",
         "loss.kind=infonce", "loss.local_loss=false", "loss.gather_with_grad=true", "loss.mlm_weight=0.0",
         "checkpoint.every_steps=0", "checkpoint.export=false", f"logging.every_steps={settings.log_every}",
-        "logging.progress=false",
+        "logging.progress=false", f"data.decode={settings.decode}",
         "logging.wandb_mode=disabled", "eval.suite=null",
     ]
     command = [*launcher(settings.nproc), "-m", "pretrain.train", "--config", str(BASE_CONFIG), *overrides]
@@ -352,6 +353,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ours: steps per metrics read (1 = a device sync per step, as the peer's per-step log)")
     parser.add_argument("--peak-tflops", type=float, default=989.0 if cuda else None,
                         help="device peak for MFU (H100/H200 SXM bf16 dense: 989)")
+    parser.add_argument("--decode", choices=["cpu", "gpu"], default="cpu", help="ours: data.decode")
     parser.add_argument("--out", help="write results JSON here")
     parser.add_argument("--skip-peer", action="store_true", help="skip open_clip_train")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, run dirs)")
@@ -420,7 +422,8 @@ def run_bench(args: argparse.Namespace, stages: list[int], cuda: bool) -> int:
             say(f"generating demo shards with {args.samples} training samples in {work}")
         shards = args.shards or make_demo_shards(work, args.samples, args.workers, args.nproc)
         settings = BenchSettings(args.model, args.batch_size, args.samples, args.nproc, args.precision,
-                                 args.workers, threads, args.warmup, "cuda" if cuda else "cpu", shards, args.log_every)
+                                 args.workers, threads, args.warmup, "cuda" if cuda else "cpu", shards, args.log_every,
+                                 args.decode)
         say(f"ours at ZeRO 0 ({args.samples} samples)")
         ours = run_ours(settings, 0, work)
         say(f"ours: {ours.samples_per_s:.1f} samples/s")
