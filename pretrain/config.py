@@ -3,6 +3,18 @@
 `load_config("pretrain/configs/demo.yaml", ["optim.lr=1e-4"])` builds a `TrainConfig`. Every value
 is checked against its field's type and each dataclass's `__post_init__`; a bad value raises
 `ConfigError` with one line naming the dotted key, e.g. `config key optim.lr: must be > 0, got -1`.
+Values may read the environment as `${oc.env:NAME}` or `${oc.env:NAME,default}` (pretrain/config_env.py).
+
+Why hand-written coercion (`build_dataclass` / `_coerce`, ~90 lines) rather than pydantic or
+OmegaConf (issue #15, item 4; tried pydantic 2.14's TypeAdapter over these dataclasses): in lax mode
+it accepts `optim.lr: true` as 1.0 and `zero.stage: "2"`, and ignores unknown keys (`optim.lrr`)
+unless every dataclass, including those in data/ and the model and loss modules, carries its
+`extra="forbid"` config; strict mode refuses a YAML mapping for a dataclass outright. Its errors
+are multi-line with tuple locations and wrap `__post_init__` messages as "Value error, ...", so
+keeping our one-line `config key a.b: ...` messages (pinned by tests) would need a translation layer
+about as long as the code it replaces, plus a direct dependency. OmegaConf is not installed and
+brings its own interpolation grammar and error texts; the one feature wanted from it, `${oc.env:...}`,
+is 40 lines in config_env.py.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from data.loader import DataConfig
+from pretrain.config_env import expand_env
 from pretrain.losses import LossConfig
 from pretrain.model import ModelConfig
 
@@ -274,15 +287,52 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         raw = _parse_yaml(text, f"config file {path}") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
+        raw = _expand_env(raw, "")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
         parsed = _parse_yaml(value, f"override {item!r}") if value.strip() else None
-        _set_dotted(raw, key.strip(), parsed)
+        _set_dotted(raw, key.strip(), _expand_env(parsed, key.strip()))
     config = build_dataclass(TrainConfig, raw, prefix="")
     _check_numbers(config, "")
     return config
+
+
+def config_reference(cls: type = None, prefix: str = "") -> list[str]:
+    """Every config key with its type and default, one per line, from the dataclasses themselves
+    (what `python -m pretrain.train --help` lists)."""
+    cls = cls or TrainConfig
+    hints, lines = typing.get_type_hints(cls), []
+    for item in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[item.name]):
+            lines += config_reference(hints[item.name], f"{prefix}{item.name}.")
+            continue
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        shown = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+        lines.append(f"  {prefix}{item.name} = {shown}  ({_describe(hints[item.name])})")
+    return lines
+
+
+def _describe(annotation: Any) -> str:
+    """A type for people: `fp32 | bf16 | fp16`, `list of str`, `str | null`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_describe(option) for option in args)
+    if origin in (list, tuple):
+        return f"list of {_describe(args[0])}" if args else "list"
+    if annotation is type(None):
+        return "null"
+    return "any" if annotation is Any else _type_name(annotation)
+
+
+def _expand_env(value: Any, key: str) -> Any:
+    try:
+        return expand_env(value, key)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

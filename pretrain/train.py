@@ -23,7 +23,7 @@ import torch
 from common import checkpoint_files as ckpt
 from data.device import DeviceBatches
 from pretrain.checkpoint import Checkpointer
-from pretrain.config import ConfigError, TrainConfig, dump_config, load_config
+from pretrain.config import ConfigError, TrainConfig, config_reference, dump_config, load_config
 from pretrain.distributed import DistContext, any_true, gather_objects, init_distributed, shutdown
 from pretrain.setup import build_everything, open_clip_config_json, prepare_run_dir
 from pretrain.state import TrainState, rng_state, seed_everything, set_rng_state
@@ -243,9 +243,14 @@ def preemption_signals():
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__.split("\n\n")[0])
+    epilog = ("config keys (YAML file and key=value overrides; values may be ${oc.env:NAME} or "
+              "${oc.env:NAME,default}, quoted on the shell):\n" + "\n".join(config_reference()))
+    parser = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__.split("\n\n")[0],
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see pretrain/configs/)")
     parser.add_argument("--resume", help="'auto' (latest complete checkpoint in run_dir), 'none', or a checkpoint dir")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (YAML, after overrides) and exit without training")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-4")
     return parser.parse_args(argv)
 
@@ -261,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
     try:
         import open_clip
 
