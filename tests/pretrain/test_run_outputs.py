@@ -67,6 +67,26 @@ def test_hub_folder_loads_and_carries_a_model_card(siglip_run: Path, tmp_path: P
     assert "kind: siglip" in card  # the training config
     assert "| demo-val-retrieval | zeroshot_retrieval |" in card and "text_retrieval_recall@1=" in card  # eval results
     assert json.loads((hub / "open_clip_config.json").read_text())["model_cfg"]["init_logit_bias"] is not None
+    from eval.checkpoints import load_checkpoint  # eval reads the Hub folder as it reads an export
+
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    features = trained_features(siglip_run, images, open_clip.get_tokenizer("clip-tiny")(["a", "b"]))["image_features"]
+    assert torch.allclose(load_checkpoint(str(hub)).encode_image(images), features, atol=1e-5)
+
+
+def test_hub_folder_from_an_export_whose_config_lacks_init_logit_bias(siglip_run: Path, tmp_path: Path) -> None:
+    """An older SigLIP export: open_clip would build no logit_bias for its weights; the Hub folder adds it."""
+    import shutil
+
+    from pretrain.export_hub import export_hub
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(siglip_run, run_dir)
+    config_file = run_dir / "export" / "open_clip_config.json"
+    config = json.loads(config_file.read_text())
+    del config["model_cfg"]["init_logit_bias"]
+    config_file.write_text(json.dumps(config))
+    assert_same_model(export_hub(run_dir, tmp_path / "hub"), run_dir)
 
 
 def test_hub_folder_from_a_run_without_export(siglip_run: Path, tmp_path: Path) -> None:
