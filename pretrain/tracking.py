@@ -67,6 +67,7 @@ class Tracker:
         self.bar = None
         self.wandb_run = None
         self.tensorboard = None
+        self._tensorboard_step, self._tensorboard_written = -1, set()
         if not enabled:
             return
         run_dir = Path(run_dir)
@@ -100,9 +101,18 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
         if self.tensorboard is not None:
-            for name, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self.tensorboard.add_scalar(name, value, step)
+            self._tensorboard_scalars(step, metrics)
+
+    def _tensorboard_scalars(self, step: int, metrics: dict[str, Any]) -> None:
+        """Numbers only, once per (step, name): the final record repeats the last step's metrics
+        together with the final evaluation, which would draw each curve's last point twice."""
+        if step != self._tensorboard_step:
+            self._tensorboard_step, self._tensorboard_written = step, set()
+        for name, value in metrics.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if number and name not in self._tensorboard_written:
+                self.tensorboard.add_scalar(name, value, step)
+                self._tensorboard_written.add(name)
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -22,7 +22,7 @@ def siglip_run(demo_shards, tmp_path_factory) -> Path:
     run_dir = root / "run"
     run_module(["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
                 f"run_dir={run_dir}", "total_samples=48", "zero.stage=0", "loss.kind=siglip", "checkpoint.every_steps=0",
-                f"eval.suite={suite}", "eval.every_steps=2"])
+                f"eval.suite={suite}", "eval.every_steps=2", "logging.backends=[jsonl, tensorboard]"])
     return run_dir
 
 
@@ -52,10 +52,12 @@ def assert_same_model(folder: Path, run_dir: Path) -> None:
     assert preprocess.transforms[0].size in (64, (64, 64), [64, 64])  # the training run's val preprocessing
 
 
+@pytest.mark.slow
 def test_export_folder_loads_as_open_clip_local_dir(siglip_run: Path) -> None:
     assert_same_model(siglip_run / "export", siglip_run)
 
 
+@pytest.mark.slow
 def test_hub_folder_loads_and_carries_a_model_card(siglip_run: Path, tmp_path: Path) -> None:
     hub = tmp_path / "hub"
     result = run_module(["-m", "pretrain.export_hub", str(siglip_run), str(hub)])
@@ -74,6 +76,7 @@ def test_hub_folder_loads_and_carries_a_model_card(siglip_run: Path, tmp_path: P
     assert torch.allclose(load_checkpoint(str(hub)).encode_image(images), features, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_hub_folder_from_an_export_whose_config_lacks_init_logit_bias(siglip_run: Path, tmp_path: Path) -> None:
     """An older SigLIP export: open_clip would build no logit_bias for its weights; the Hub folder adds it."""
     import shutil
@@ -89,6 +92,7 @@ def test_hub_folder_from_an_export_whose_config_lacks_init_logit_bias(siglip_run
     assert_same_model(export_hub(run_dir, tmp_path / "hub"), run_dir)
 
 
+@pytest.mark.slow
 def test_hub_folder_from_a_run_without_export(siglip_run: Path, tmp_path: Path) -> None:
     """checkpoint.export=false: the weights come from the newest checkpoint, consolidated."""
     import shutil
@@ -106,6 +110,7 @@ def test_hub_folder_from_nothing_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_report_renders_from_the_run_dir(siglip_run: Path, tmp_path: Path) -> None:
     from PIL import Image, ImageStat
 
@@ -123,6 +128,16 @@ def test_report_renders_from_the_run_dir(siglip_run: Path, tmp_path: Path) -> No
     keys = {hit["key"] for example in examples["examples"] for hit in example["retrieved"]}
     assert len(examples["examples"]) >= 4 and all(len(e["retrieved"]) == 4 for e in examples["examples"])
     assert set(find_images(examples["data"], examples["split"], keys)) == keys
+
+
+@pytest.mark.slow
+def test_training_run_writes_tensorboard_events(siglip_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(siglip_run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 7))
+    assert {"lr", "temperature", "logit_bias", "eval/demo-val-zeroshot/acc1"} <= set(events.Tags()["scalars"])
 
 
 def test_report_reads_one_history_across_resumes(tmp_path: Path) -> None:

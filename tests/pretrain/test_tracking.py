@@ -80,10 +80,11 @@ def test_tensorboard_event_file_holds_the_logged_scalars(wandb_calls, tmp_path):
     tracker = track(tmp_path / "run", ["logging.backends=[jsonl, tensorboard]"])
     for step in (1, 2, 3):
         tracker.log(step, {"loss": 5.0 - step, "lr": 0.1 * step, "eval/demo/acc1": 0.25, "note": "text is skipped"})
+    tracker.log(3, {"loss": 2.0, "eval/demo/acc5": 0.5})  # the final record: last metrics again + final eval
     tracker.close()
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
-    assert set(events.Tags()["scalars"]) == {"loss", "lr", "eval/demo/acc1"}
+    assert set(events.Tags()["scalars"]) == {"loss", "lr", "eval/demo/acc1", "eval/demo/acc5"}
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 4.0), (2, 3.0), (3, 2.0)]
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.1, 0.2, 0.3])
     assert wandb_calls == []
