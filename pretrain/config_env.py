@@ -33,7 +33,7 @@ def expand_env(value: Any, key: str) -> Any:
     if other:
         raise ValueError(f"config key {key}: {other.group(0)} is not an interpolation this loader knows; "
                          "write ${oc.env:NAME} or ${oc.env:NAME,default}")
-    if whole is None:
+    if whole is None or "&" in text or "*" in text:  # no YAML anchors/aliases from the environment (alias bombs)
         return text
     try:
         parsed = yaml.safe_load(text)

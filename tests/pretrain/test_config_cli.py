@@ -52,6 +52,8 @@ def test_env_interpolation_in_yaml_values_and_overrides(monkeypatch, tmp_path):
     assert cfg.run_dir == "/scratch/me/runs/b32"
     assert (cfg.micro_batch, cfg.seed, cfg.model.compile, cfg.optim.lr, cfg.eval.batch_size) == (24, 7, True, 2e-4, 24)
     assert cfg.data.train == ["/data/shards", "extra"]
+    monkeypatch.setenv("TRAIN_SHARDS", "[&a [1, 2], *a, *a]")  # anchors and aliases from the environment stay text
+    assert load_config(None, ["data.train=${oc.env:TRAIN_SHARDS}"]).data.train == "[&a [1, 2], *a, *a]"
 
 
 @pytest.mark.parametrize("where,message", [
