@@ -4,7 +4,7 @@
 Layout of a run directory::
 
     RUN/config.yaml                      resolved TrainConfig
-    RUN/metrics.jsonl                    one JSON object per logged step
+    RUN/metrics.jsonl                    one JSON object per logged step, plus resume markers (README: fields)
     RUN/checkpoints/step_00000100/       a DeepSpeed checkpoint (any ZeRO stage) + open_clip_config.json
                                          + train_config.yaml + COMPLETE (written last)
     RUN/checkpoints/latest               tag of the newest COMPLETE checkpoint (atomic rename)

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -43,7 +43,7 @@ def wandb_init_kwargs(run_dir: Path, config: Any) -> dict[str, Any]:
     }
 
 
-def open_metrics(run_dir: Path, start_step: int, resumed_from: Path | None):
+def open_metrics(run_dir: Path, start_step: int, resumed_from: Path | None) -> TextIO:
     """RUN/metrics.jsonl for appending. A resumed run first writes {"event": "resume", ...}, and a
     run from scratch over an earlier run's lines {"event": "restart", ...}: records after the marker
     supersede those of the same or later steps before it."""
