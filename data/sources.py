@@ -9,15 +9,16 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import itertools
 import json
 import os
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from data.specs import expand_pattern, has_range, input_tars
 
@@ -222,51 +223,59 @@ def _table_row(record: dict, columns: Columns, base: Path, root: Path, parse_jso
     )
 
 
+def _table_rows(records: Iterable[dict], columns: Columns, base: Path, root: Path, parse_json_list: bool,
+                skipped: Counter) -> Iterator[SourceRow]:
+    """The SourceRows of a table's records; a record that cannot be one is counted by its reason."""
+    for record in records:
+        row = _table_row(record, columns, base, root, parse_json_list)
+        if isinstance(row, str):
+            skipped[row] += 1
+        else:
+            yield row
+
+
+def _jsonl_records(handle: IO[bytes], skipped: Counter) -> Iterator[dict]:
+    """One dict per line; undecodable, non-JSON and non-object lines are counted, blank ones ignored."""
+    for raw in handle:
+        try:
+            line = raw.decode("utf-8-sig")  # also drops a byte-order mark
+        except UnicodeDecodeError:
+            skipped["bad_encoding"] += 1
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            skipped["bad_row"] += 1
+            continue
+        if not isinstance(record, dict):
+            skipped["bad_row"] += 1
+            continue
+        yield record
+
+
 def _read_jsonl(path: str, columns: Columns, skipped: Counter) -> Iterator[SourceRow]:
     base = Path(path).resolve().parent
-    root = _image_root(columns, base)
-    resolved: Columns | None = None
     with open(path, "rb") as handle:  # bytes: one undecodable row is skipped, not the whole file
-        for raw in handle:
-            try:
-                line = raw.decode("utf-8-sig")  # also drops a byte-order mark
-            except UnicodeDecodeError:
-                skipped["bad_encoding"] += 1
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                skipped["bad_row"] += 1
-                continue
-            if not isinstance(record, dict):
-                skipped["bad_row"] += 1
-                continue
-            if resolved is None:  # the first record names the columns every row should have
-                resolved = _resolve_columns(list(record), columns, path)
-            row = _table_row(record, resolved, base, root, parse_json_list=False)
-            if isinstance(row, str):
-                skipped[row] += 1
-                continue
-            yield row
+        records = _jsonl_records(handle, skipped)
+        first = next(records, None)
+        if first is None:
+            return
+        resolved = _resolve_columns(list(first), columns, path)  # the first record names every row's columns
+        yield from _table_rows(itertools.chain([first], records), resolved, base, _image_root(columns, base), False,
+                               skipped)
 
 
 def _read_csv(path: str, columns: Columns, skipped: Counter) -> Iterator[SourceRow]:
     base = Path(path).resolve().parent
-    root = _image_root(columns, base)
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
     # utf-8-sig: Excel's byte-order mark would otherwise glue itself to the first column's name;
     # surrogateescape: an undecodable row is skipped as bad_encoding instead of ending the build.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         resolved = _resolve_columns(list(reader.fieldnames or []), columns, path)
-        for record in reader:
-            row = _table_row(record, resolved, base, root, parse_json_list=True)
-            if isinstance(row, str):
-                skipped[row] += 1
-                continue
-            yield row
+        yield from _table_rows(reader, resolved, base, _image_root(columns, base), True, skipped)
 
 
 def _check_parquet_types(schema: Any, columns: Columns, path: str) -> None:
@@ -307,13 +316,8 @@ def _read_parquet(path: str, columns: Columns, skipped: Counter) -> Iterator[Sou
     resolved = _resolve_columns(parquet.schema_arrow.names, columns, path)
     _check_parquet_types(parquet.schema_arrow, resolved, path)
     wanted = list(dict.fromkeys(n for n in (resolved.image, resolved.caption, resolved.label, resolved.key) if n))
-    for batch in parquet.iter_batches(columns=wanted):
-        for record in batch.to_pylist():
-            row = _table_row(record, resolved, base, root, parse_json_list=True)
-            if isinstance(row, str):
-                skipped[row] += 1
-                continue
-            yield row
+    records = (record for batch in parquet.iter_batches(columns=wanted) for record in batch.to_pylist())
+    yield from _table_rows(records, resolved, base, root, True, skipped)
 
 
 def _read_folder(path: str, columns: Columns, skipped: Counter) -> Iterator[SourceRow]:
