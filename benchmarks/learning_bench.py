@@ -1,0 +1,470 @@
+"""Learning benchmark: what our trainer and open_clip_train learn from the same data, scored alike.
+
+    python -m benchmarks.learning_bench [--datasets demo,coco] [--seeds 3] [--samples N] [--out DIR]
+                                        [--shared-data ../shared/data] [--threads N] [--keep]
+
+For each dataset and seed, both trainers train the same open_clip config (clip-tiny) from scratch on
+the same shards with the same sample budget, per-process batch, optimizer (AdamW lr 2e-3, wd 0.1,
+betas 0.9/0.98, eps 1e-6, grad clip 1.0, 10% linear warmup then cosine to 0), loss (InfoNCE over
+the batch, local_loss off), fp32, one process, one data worker and the same OMP_NUM_THREADS; seed S
+is `seed=S` for ours and `--seed S` for theirs. Ours is `pretrain.train` (ZeRO 0, export at the
+end); theirs is `open_clip_train.main` through `benchmarks.peer_open_clip` (saving epoch_1.pt, whose
+state dict `peer_checkpoint_to_export` turns into model.safetensors + open_clip_config.json). Both
+exports are then scored by the same eval suite through `eval.run.run_suite`, in this process.
+
+Datasets (never evaluated on an image trained on):
+  demo  `python -m data.demo` shards (6000 train / 600 val by default); zero-shot over the 30
+        classes and image-text retrieval on the held-out val split (the tasks of eval/suites/demo.yaml
+        without its linear probe).
+  coco  ../shared/data/coco-mini: a fixed 40 of the 239 photos (lowest sha1 of the file name) are
+        held out for image-text retrieval; the other 199, replicated under distinct keys up to the
+        budget, are built into shards with data.build; zero-shot on ../shared/data/cifar10-test-2k
+        (CIFAR-10 class names, OpenAI's 18 CIFAR templates). Skipped with a note when absent.
+
+Reported per dataset: mean and sample standard deviation over seeds of zero-shot top-1, image->text
+R@1 and text->image R@1, ours vs theirs and the difference, in DIR/learning-DATE-cpu.{json,md}
+(default DIR: benchmarks/results).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks.coco_shards import build_command
+from benchmarks.train_bench import BenchError, launcher, parse_peer_log, peer_shards, read_our_metrics, run_logged
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO / "pretrain" / "configs" / "smoke.yaml"
+DEFAULT_SHARED = REPO.parent / "shared" / "data"
+MODEL, BATCH_SIZE = "clip-tiny", 64
+LR, WEIGHT_DECAY, BETA1, BETA2, EPS, GRAD_CLIP, WARMUP_FRACTION = 2e-3, 0.1, 0.9, 0.98, 1e-6, 1.0, 0.1
+# Default budgets: one pass over the demo's 6000 training samples; coco's 199 photos ~15 times.
+DEFAULT_SAMPLES = {"demo": 6016, "coco": 3008}
+DEMO_VAL, COCO_HELDOUT = 600, 40
+# (record key, metric key in eval's results, table label)
+METRICS = (
+    ("zeroshot_top1", "acc1", "zero-shot top-1"),
+    ("image_to_text_r1", "text_retrieval_recall@1", "image->text R@1"),
+    ("text_to_image_r1", "image_retrieval_recall@1", "text->image R@1"),
+)
+TRAINERS = {"ours": "ours (pretrain.train)", "theirs": "open_clip_train"}
+
+
+@dataclass
+class DatasetSetup:
+    """A dataset ready to train on and score: train shard spec, eval suite, what the table says about it."""
+
+    name: str
+    shards: str
+    suite: Path
+    samples: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunRecord:
+    dataset: str
+    seed: int
+    trainer: str  # "ours" | "theirs"
+    metrics: dict[str, float]
+    train_s: float
+    eval_s: float
+    log: str
+
+
+def say(text: str) -> None:
+    print(f"learning_bench: {text}", file=sys.stderr, flush=True)
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+# --- checkpoint conversion --------------------------------------------------------------------------
+
+
+def peer_state_dict(checkpoint: dict | object) -> dict[str, torch.Tensor]:
+    """open_clip_train's saved checkpoint -> a plain open_clip state dict.
+
+    open_clip_train saves {"epoch", "name", "state_dict", "optimizer"[, "scaler"]}; under DDP every
+    key of "state_dict" starts with "module.". logit_scale is a 0-dim parameter and must survive.
+    """
+    state_dict = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise BenchError("open_clip_train checkpoint has no non-empty 'state_dict'; is it an epoch_N.pt file?")
+    if all(key.startswith("module.") for key in state_dict):
+        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+    if "logit_scale" not in state_dict:
+        raise BenchError("open_clip_train checkpoint has no logit_scale; not a CLIP state dict")
+    return {key: value.detach().to(torch.float32).contiguous() for key, value in state_dict.items()}
+
+
+def peer_checkpoint_to_export(checkpoint_path: Path, model_name: str, out_dir: Path) -> Path:
+    """Writes out_dir/model.safetensors + open_clip_config.json (what eval.run loads) from epoch_N.pt.
+
+    The weights are checked against `model_name`'s config (every key, every shape) before writing.
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    from eval.checkpoints import first_mismatch, register_project_configs
+
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    state_dict = peer_state_dict(checkpoint)
+    register_project_configs()
+    model = open_clip.create_model(model_name, pretrained=None, load_weights=False, pretrained_text=False)
+    mismatch = first_mismatch(model, state_dict)
+    if mismatch is not None:
+        raise BenchError(f"{checkpoint_path} does not match {model_name}: {mismatch}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state_dict, str(out_dir / "model.safetensors"))
+    config = {"model_name": model_name, "model_cfg": open_clip.get_model_config(model_name), "preprocess_cfg": {}}
+    (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+# --- datasets -----------------------------------------------------------------------------------------
+
+
+def write_suite(path: Path, tasks: list[dict]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"tasks": tasks}, sort_keys=False))
+    return path
+
+
+def shard_count_size(samples: int, minimum_shards: int = 8) -> int:
+    """Shard size giving at least `minimum_shards` shards (both loaders split shards over workers)."""
+    return math.ceil(samples / minimum_shards)
+
+
+def prepare_demo(work: Path, samples: int) -> DatasetSetup:
+    """Demo shards with >= `samples` train samples and DEMO_VAL held-out val samples."""
+    out = work / "demo-shards"
+    num_train = samples  # one pass: open_clip_train's non-resampled epoch must not run out of samples
+    command = [sys.executable, "-m", "data.demo", "--output", str(out), "--num-train", str(num_train),
+               "--num-val", str(DEMO_VAL), "--shard-size", str(shard_count_size(num_train)), "--no-progress"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"data.demo failed: {(result.stdout + result.stderr).strip().splitlines()[-1:]}")
+    suite = write_suite(work / "demo-suite.yaml", [
+        {"name": "demo-val-zeroshot", "task": "zeroshot_classification", "data": f"{out}::val",
+         "templates": str(out / "zeroshot_templates.json")},
+        {"name": "demo-val-retrieval", "task": "zeroshot_retrieval", "data": f"{out}::val"},
+    ])
+    notes = [f"data.demo: {num_train} train samples (trained on), {DEMO_VAL} held-out val samples (scored: "
+             "zero-shot over 30 classes, retrieval 600 images x 2 captions)"]
+    return DatasetSetup("demo", str(out), suite, samples, notes)
+
+
+def coco_split(rows: list[dict], heldout: int = COCO_HELDOUT) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows): the `heldout` rows whose image name has the lowest sha1 are held out,
+    so the split is fixed whatever the seed, budget or row order."""
+    ranked = sorted(rows, key=lambda row: hashlib.sha1(row["image"].encode()).hexdigest())
+    held = {row["image"] for row in ranked[:heldout]}
+    return [row for row in rows if row["image"] not in held], [row for row in rows if row["image"] in held]
+
+
+def prepare_coco(work: Path, samples: int, shared: Path, workers: int) -> DatasetSetup:
+    coco, cifar = shared / "coco-mini", shared / "cifar10-test-2k"
+    rows = [json.loads(line) for line in (coco / "captions.jsonl").read_text().splitlines() if line.strip()]
+    train, heldout = coco_split(rows)
+    replicas = math.ceil(samples / len(train))
+    table = work / "coco-train-table.jsonl"
+    with open(table, "w") as out:
+        for copy in range(replicas):
+            for row in train:
+                image = str((coco / row["image"]).resolve())
+                key = f"c{copy:03d}-{Path(row['image']).stem}"
+                out.write(json.dumps({"image": image, "captions": row["captions"], "key": key}) + "\n")
+    heldout_table = work / "coco-heldout.jsonl"
+    heldout_table.write_text("".join(
+        json.dumps({"image": str((coco / row["image"]).resolve()), "captions": row["captions"]}) + "\n"
+        for row in heldout))
+    shards = work / "coco-shards"
+    command = build_command(coco, table, shards, max_side=128, workers=workers)
+    size_at = command.index("--shard-size") + 1
+    command[size_at] = str(shard_count_size(replicas * len(train)))
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError("data.build of coco-mini shards failed:\n" + "\n".join((result.stdout + result.stderr).splitlines()[-5:]))
+    suite = write_suite(work / "coco-suite.yaml", [
+        {"name": "cifar10-test-2k-zeroshot", "task": "zeroshot_classification", "data": str(cifar),
+         "classnames": "cifar10", "templates": "cifar10"},
+        {"name": "coco-mini-heldout-retrieval", "task": "zeroshot_retrieval", "data": str(heldout_table)},
+    ])
+    notes = [f"coco-mini: {len(train)} photos x {replicas} copies (128 px max side) trained on; "
+             f"{len(heldout)} held-out photos x 5 captions scored for retrieval; zero-shot on cifar10-test-2k "
+             "(2000 images, 10 classes, 18 templates)"]
+    return DatasetSetup("coco", str(shards), suite, samples, notes)
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+def child_env(threads: int) -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+            "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def warmup_steps(samples: int) -> int:
+    return max(1, round(WARMUP_FRACTION * samples / BATCH_SIZE))
+
+
+def train_ours(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tuple[Path, float, str]:
+    """Returns (export dir, seconds, log path)."""
+    run_dir = work / f"{setup.name}-seed{seed}-ours"
+    overrides = [
+        f"data.train={setup.shards}", f"run_dir={run_dir}", f"seed={seed}", f"model.name={MODEL}",
+        f"micro_batch={BATCH_SIZE}", "grad_accum=1", f"total_samples={setup.samples}", "precision=fp32",
+        "zero.stage=0", "data.workers=1", "data.shuffle_buffer=1000",
+        f"optim.lr={LR}", f"optim.weight_decay={WEIGHT_DECAY}", f"optim.beta1={BETA1}", f"optim.beta2={BETA2}",
+        f"optim.eps={EPS}", f"optim.grad_clip={GRAD_CLIP}", "optim.min_lr_ratio=0.0",
+        f"optim.warmup_samples={warmup_steps(setup.samples) * BATCH_SIZE}",
+        "loss.kind=infonce", "loss.local_loss=false", "loss.gather_with_grad=true", "loss.mlm_weight=0.0",
+        "checkpoint.every_steps=0", "checkpoint.export=true", "logging.every_steps=10", "logging.progress=false",
+        "logging.wandb_mode=disabled", "eval.suite=null",
+    ]
+    command = [*launcher(1), "-m", "pretrain.train", "--config", str(BASE_CONFIG), *overrides]
+    log = work / f"{run_dir.name}.log"
+    seconds = run_logged(run_dir.name, command, log, child_env(threads), lambda: 10 * len(read_our_metrics(run_dir)))
+    return run_dir / "export", seconds, str(log)
+
+
+def train_theirs(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tuple[Path, float, str]:
+    """Returns (export dir converted from epoch_1.pt, seconds, log path)."""
+    name = f"{setup.name}-seed{seed}-theirs"
+    args = [
+        "--train-data", peer_shards(setup.shards), "--dataset-type", "webdataset",
+        "--train-num-samples", str(setup.samples), "--model", MODEL, "--batch-size", str(BATCH_SIZE),
+        "--precision", "fp32", "--workers", "1", "--epochs", "1", "--lr", str(LR), "--wd", str(WEIGHT_DECAY),
+        "--beta1", str(BETA1), "--beta2", str(BETA2), "--eps", str(EPS), "--grad-clip-norm", str(GRAD_CLIP),
+        "--warmup", str(warmup_steps(setup.samples)), "--lr-scheduler", "cosine", "--gather-with-grad",
+        "--seed", str(seed), "--report-to", "none", "--log-every-n-steps", "10", "--save-frequency", "1",
+        "--zeroshot-frequency", "0", "--val-frequency", "0", "--logs", str(work / "peer-logs"), "--name", name,
+        "--device", "cpu",
+    ]
+    argv_file = work / f"{name}-argv.json"  # not on the command line: torchrun would claim `--logs`
+    argv_file.write_text(json.dumps(args))
+    command = [*launcher(1), "-m", "benchmarks.peer_open_clip", "--argv-json", str(argv_file)]
+    log = work / f"{name}.log"
+    seconds = run_logged(name, command, log, child_env(threads),
+                         lambda: 10 * len(parse_peer_log(log.read_text(errors="replace"))))
+    checkpoints = sorted((work / "peer-logs" / name / "checkpoints").glob("epoch_*.pt"),
+                         key=lambda path: int(path.stem.split("_")[1]))
+    if not checkpoints:
+        raise BenchError(f"open_clip_train wrote no epoch_N.pt; see {log}")
+    export = peer_checkpoint_to_export(checkpoints[-1], MODEL, work / f"{name}-export")
+    return export, seconds, str(log)
+
+
+# --- scoring ----------------------------------------------------------------------------------------------
+
+
+def score(export: Path, suite: Path) -> dict[str, float]:
+    """The suite's metrics for one export, through eval's own loader and tasks (CPU, in this process)."""
+    from eval.checkpoints import load_checkpoint
+    from eval.run import run_suite
+
+    encoder = load_checkpoint(str(export), device="cpu")
+    records = run_suite(encoder, suite, device="cpu", batch_size=256, workers=0, model_id=str(export.resolve()),
+                        progress=False)
+    merged: dict[str, float] = {}
+    for record in records:
+        merged.update(record["metrics"])
+    return {key: float(merged[source]) for key, source, _ in METRICS}
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def summarize(records: list[RunRecord]) -> dict[str, dict]:
+    """{dataset: {metric: {"ours": {mean, std, values}, "theirs": ..., "diff": ours mean - theirs mean}}}"""
+    summary: dict[str, dict] = {}
+    for dataset in dict.fromkeys(record.dataset for record in records):
+        per_metric = {}
+        for key, _, _ in METRICS:
+            by_trainer = {trainer: [r.metrics[key] for r in records if r.dataset == dataset and r.trainer == trainer]
+                          for trainer in TRAINERS}
+            if not all(by_trainer.values()):
+                continue
+            entry = {trainer: mean_std(values) for trainer, values in by_trainer.items()}
+            entry["diff"] = entry["ours"]["mean"] - entry["theirs"]["mean"]
+            per_metric[key] = entry
+        summary[dataset] = per_metric
+    return summary
+
+
+def markdown(summary: dict[str, dict], setups: dict[str, DatasetSetup], info: dict, seeds: list[int]) -> str:
+    percent = lambda stats: f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+    lines = [
+        f"Learning benchmark ({info['date']}, {info['device']}, {info['cpu_count']} CPUs, load avg at the end "
+        f"{info['load_average_1m']}; torch {info['torch']}, open_clip {info['open_clip']})",
+        "",
+        f"Both trainers: {MODEL} from scratch, batch {BATCH_SIZE}, fp32, 1 process, AdamW lr {LR:g} wd {WEIGHT_DECAY:g}, "
+        f"{WARMUP_FRACTION:.0%} warmup + cosine; seeds {', '.join(map(str, seeds))}; mean ± sample std over seeds, in %.",
+        "",
+        "| dataset | samples/run | metric | ours (pretrain.train) | open_clip_train | ours − theirs (points) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for dataset, per_metric in summary.items():
+        for key, _, label in METRICS:
+            if key not in per_metric:
+                continue
+            entry = per_metric[key]
+            lines.append(f"| {dataset} | {setups[dataset].samples} | {label} | {percent(entry['ours'])} | "
+                         f"{percent(entry['theirs'])} | {100 * entry['diff']:+.1f} |")
+    lines.append("")
+    for setup in setups.values():
+        lines += [f"- {note}" for note in setup.notes]
+    return "\n".join(lines) + "\n"
+
+
+def machine_info() -> dict:
+    from importlib.metadata import version
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "device": f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "open_clip": version("open_clip_torch"),
+    }
+
+
+# --- command line -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.learning_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="demo,coco", help="comma list of demo, coco")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per dataset and trainer")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"training samples per run (default: demo {DEFAULT_SAMPLES['demo']}, coco {DEFAULT_SAMPLES['coco']})")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for learning-DATE-cpu.{json,md}")
+    parser.add_argument("--shared-data", default=str(DEFAULT_SHARED), help="holds coco-mini and cifar10-test-2k")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both trainers (default: CPUs)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (shards, logs, exports)")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    unknown = [name for name in datasets if name not in DEFAULT_SAMPLES]
+    if not datasets or unknown:
+        raise BenchError(f"--datasets: {args.datasets!r}; choose from {', '.join(DEFAULT_SAMPLES)}")
+    if args.seeds < 1:
+        raise BenchError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.samples is not None and args.samples < 2 * BATCH_SIZE:
+        raise BenchError(f"--samples: need at least two batches ({2 * BATCH_SIZE}), got {args.samples}")
+    return datasets
+
+
+def budget(args: argparse.Namespace, dataset: str) -> int:
+    """Samples per run, a whole number of batches (open_clip_train rounds its epoch to batches)."""
+    samples = args.samples or DEFAULT_SAMPLES[dataset]
+    return samples // BATCH_SIZE * BATCH_SIZE
+
+
+def prepare(datasets: list[str], args: argparse.Namespace, work: Path, threads: int) -> dict[str, DatasetSetup]:
+    setups = {}
+    shared = Path(args.shared_data)
+    for dataset in datasets:
+        samples = budget(args, dataset)
+        start = time.perf_counter()
+        if dataset == "demo":
+            setups[dataset] = prepare_demo(work, samples)
+        elif not (shared / "coco-mini" / "captions.jsonl").is_file() or not (shared / "cifar10-test-2k").is_dir():
+            say(f"skipping coco: {shared} has no coco-mini/captions.jsonl or cifar10-test-2k")
+            continue
+        else:
+            setups[dataset] = prepare_coco(work, samples, shared, workers=threads)
+        say(f"{dataset}: shards ready in {time.perf_counter() - start:.0f} s ({samples} samples per run)")
+    return setups
+
+
+def run_all(setups: dict[str, DatasetSetup], seeds: list[int], work: Path, threads: int) -> list[RunRecord]:
+    plan = [(setup, seed, trainer) for setup in setups.values() for seed in seeds for trainer in TRAINERS]
+    records: list[RunRecord] = []
+    start = time.perf_counter()
+    for index, (setup, seed, trainer) in enumerate(plan, start=1):
+        label = f"[{index}/{len(plan)}] {setup.name} seed {seed} {TRAINERS[trainer]}"
+        say(f"{label}: training {setup.samples} samples")
+        train = train_ours if trainer == "ours" else train_theirs
+        export, train_s, log = train(setup, seed, work, threads)
+        eval_start = time.perf_counter()
+        metrics = score(export, setup.suite)
+        eval_s = time.perf_counter() - eval_start
+        records.append(RunRecord(setup.name, seed, trainer, metrics, train_s, eval_s, log))
+        elapsed = time.perf_counter() - start
+        eta = elapsed / index * (len(plan) - index)
+        shown = ", ".join(f"{key} {100 * value:.1f}%" for key, value in metrics.items())
+        say(f"{label}: train {train_s:.0f} s, eval {eval_s:.0f} s; {shown}; elapsed {minutes(elapsed)}, ETA {minutes(eta)}")
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        datasets = check_args(args)
+        threads = args.threads or len(os.sched_getaffinity(0))
+        torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory(prefix="learning-bench-") as tmp:
+            work = Path(tempfile.mkdtemp(prefix="learning-bench-keep-")) if args.keep else Path(tmp)
+            start = time.perf_counter()
+            setups = prepare(datasets, args, work, threads)
+            if not setups:
+                raise BenchError("no dataset to run")
+            seeds = list(range(args.seeds))
+            records = run_all(setups, seeds, work, threads)
+            write_results(Path(args.out), setups, records, seeds, time.perf_counter() - start, argv)
+            if args.keep:
+                say(f"kept shards, logs and exports in {work}")
+    except (BenchError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_results(out: Path, setups: dict[str, DatasetSetup], records: list[RunRecord], seeds: list[int],
+                  total_s: float, argv: list[str] | None) -> None:
+    info = machine_info()
+    summary = summarize(records)
+    table = markdown(summary, setups, info, seeds)
+    command = "python -m benchmarks.learning_bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    table += f"\nTotal wall time {minutes(total_s)}. Command: `{command.strip()}`\n"
+    payload = {
+        "machine": info, "command": command.strip(), "total_s": total_s, "seeds": seeds,
+        "settings": {"model": MODEL, "batch_size": BATCH_SIZE, "lr": LR, "weight_decay": WEIGHT_DECAY,
+                     "betas": [BETA1, BETA2], "eps": EPS, "grad_clip": GRAD_CLIP, "warmup_fraction": WARMUP_FRACTION,
+                     "precision": "fp32", "processes": 1, "data_workers": 1,
+                     "datasets": {name: {"samples": s.samples, "notes": s.notes} for name, s in setups.items()}},
+        "summary": summary, "runs": [asdict(record) for record in records],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"learning-{datetime.date.today().isoformat()}-cpu"
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+    say(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
