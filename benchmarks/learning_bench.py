@@ -329,7 +329,7 @@ def markdown(summary: dict[str, dict], setups: dict[str, DatasetSetup], info: di
                 continue
             entry = per_metric[key]
             lines.append(f"| {dataset} | {setups[dataset].samples} | {label} | {percent(entry['ours'])} | "
-                         f"{percent(entry['theirs'])} | {100 * entry['diff']:+.1f} |")
+                         f"{percent(entry['theirs'])} | {round(100 * entry['diff'], 1) + 0.0:+.1f} |")  # + 0.0: no "-0.0"
     lines.append("")
     for setup in setups.values():
         lines += [f"- {note}" for note in setup.notes]
