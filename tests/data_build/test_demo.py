@@ -63,3 +63,18 @@ def test_cli(tmp_path: Path, capsys) -> None:
     assert main(["--output", str(tmp_path / "d"), "--num-train", "8", "--num-val", "2", "--no-progress"]) == 0
     assert "8 train / 2 val" in capsys.readouterr().out
     assert main(["--output", str(tmp_path / "e"), "--num-train", "0"]) == 2
+
+
+def test_learning_curve_figure(tmp_path: Path) -> None:
+    from launch.demo_curve import main as curve_main
+
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 4.0 / s, "samples_seen": 64 * s} for s in range(10, 60, 10)]
+    rows += [{"step": s, "eval/demo-val-zeroshot/acc1": s / 50,
+              "eval/demo-val-retrieval/text_retrieval_recall@1": s / 200} for s in (25, 50)]
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "curve.png"
+    assert curve_main([str(metrics), "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 300
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows[:5]))  # no evaluation rows
+    assert curve_main([str(metrics), "--out", str(out)]) == 2
