@@ -1,9 +1,12 @@
 """One picture of a run: losses, lr, temperature, throughput, eval metrics and retrieval examples.
 
     python -m pretrain.report RUN_DIR [--out DIR]
+    python -m pretrain.report RUN_DIR --curve PNG [--title TEXT]   # just the learning curve (README figures)
 
 Reads RUN/metrics.jsonl and the newest RUN/eval/step_*.json (else RUN/results/results.json) and
-writes DIR/report.png and DIR/report.html (default DIR: RUN/report). Matplotlib runs headless (Agg).
+writes DIR/report.png and DIR/report.html (default DIR: RUN/report). ``--curve`` draws one small
+figure instead: training loss and the held-out zero-shot top-1 / retrieval R@1 that training-time
+evaluation logged (``eval.every_steps``). Matplotlib runs headless (Agg).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from matplotlib.gridspec import GridSpec, GridSpecFromSubplotSpec  # noqa: E402
 HEADLINE_EVAL = ("acc1", "lp_acc1", "image_retrieval_recall@1", "text_retrieval_recall@1",
                  "image_retrieval_recall@5", "text_retrieval_recall@5")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+CURVE_EVAL = ("acc1", "text_retrieval_recall@1", "image_retrieval_recall@1")  # held-out metrics on the curve
 
 
 class ReportError(RuntimeError):
@@ -222,6 +226,35 @@ def render(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     return png
 
 
+def learning_curve(run_dir: str | Path, out: str | Path, title: str | None = None) -> Path:
+    """OUT: training loss (left axis) and held-out CURVE_EVAL metrics over steps (right axis)."""
+    run_dir, out = Path(run_dir), Path(out)
+    records = read_metrics(run_dir)
+    names = sorted({k for r in records for k in r if k.startswith("eval/") and k.rsplit("/", 1)[-1] in CURVE_EVAL})
+    if not names:
+        raise ReportError(f"{run_dir / 'metrics.jsonl'} has no evaluation rows; train with eval.suite set and "
+                          "eval.every_steps > 0")
+    fig, loss_axis = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    steps, losses = series(records, "loss")
+    batch = next((r["samples_seen"] // r["step"] for r in records if r.get("samples_seen") and r.get("step")), None)
+    loss_axis.plot(steps, losses, color="tab:grey", label="train loss")
+    loss_axis.set_xlabel(f"step ({batch} samples each)" if batch else "step")
+    loss_axis.set_ylabel("train loss")
+    eval_axis = loss_axis.twinx()
+    for name, style in zip(names, ("o-", "s--", "^:", "d-.", "v-", "x--")):
+        eval_axis.plot(*series(records, name), style, markersize=3.5, label="held-out " + name[len("eval/"):].replace("/", " "))
+    eval_axis.set_ylim(0, 1)
+    eval_axis.set_ylabel("held-out accuracy / recall")
+    handles = loss_axis.get_legend_handles_labels()[0] + eval_axis.get_legend_handles_labels()[0]
+    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=2, fontsize=7, frameon=False)
+    loss_axis.set_title(title or str(run_dir), fontsize=9)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))  # room for the legend below the axes
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def report_html(run_dir: Path, last: dict[str, Any]) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.6g}</td></tr>" for k, v in last.items()
                    if isinstance(v, (int, float)) and k != "time")
@@ -235,8 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pretrain.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
+    parser.add_argument("--curve", default=None, metavar="PNG", help="draw only the learning curve, into PNG")
+    parser.add_argument("--title", default=None, help="the curve's title (default: the run dir)")
     args = parser.parse_args(argv)
     try:
+        if args.curve:
+            print(f"wrote {learning_curve(args.run_dir, args.curve, args.title)}")
+            return 0
         png = render(args.run_dir, args.out)
     except (ReportError, OSError, json.JSONDecodeError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)

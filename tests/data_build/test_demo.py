@@ -66,7 +66,7 @@ def test_cli(tmp_path: Path, capsys) -> None:
 
 
 def test_learning_curve_figure(tmp_path: Path) -> None:
-    from launch.demo_curve import main as curve_main
+    from pretrain.report import main as report_main
 
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "loss": 4.0 / s, "samples_seen": 64 * s} for s in range(10, 60, 10)]
@@ -74,7 +74,7 @@ def test_learning_curve_figure(tmp_path: Path) -> None:
               "eval/demo-val-retrieval/text_retrieval_recall@1": s / 200} for s in (25, 50)]
     metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "curve.png"
-    assert curve_main([str(metrics), "--out", str(out)]) == 0
+    assert report_main([str(tmp_path), "--curve", str(out)]) == 0
     assert Image.open(out).size[0] > 300
     metrics.write_text("".join(json.dumps(row) + "\n" for row in rows[:5]))  # no evaluation rows
-    assert curve_main([str(metrics), "--out", str(out)]) == 2
+    assert report_main([str(tmp_path), "--curve", str(out)]) == 2
