@@ -17,7 +17,8 @@ def test_shipped_config_forward_backward(name: str) -> None:
     torch.manual_seed(0)
     loss_cfg = LossConfig(kind="infonce", mlm_weight=0.2)
     model = build_model(ModelConfig(name=name), loss_cfg)
-    size = model.clip.visual.image_size[0]
+    size = model.clip.visual.image_size  # a ViT tower holds (h, w), a ResNet tower one int
+    size = size if isinstance(size, int) else size[0]
     texts = open_clip.get_tokenizer(name)(["a dog on the grass", "two cats asleep"])
     masked, labels = mask_tokens(texts, model.mlm.mask_token_id, probability=0.5, generator=torch.Generator().manual_seed(0))
     outputs = model(torch.randn(2, 3, size, size), texts, masked)
