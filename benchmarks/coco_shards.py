@@ -14,11 +14,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def replicated_table(coco: Path, table: Path, replicas: int) -> int:
-    """Write a captions table naming each coco-mini photo ``replicas`` times; returns its row count."""
+def read_rows(coco: Path) -> list[dict]:
+    """coco-mini's captions.jsonl rows: {"image": "images/...jpg", "captions": [...], ...}."""
     if not (coco / "captions.jsonl").is_file():
         raise FileNotFoundError(f"--coco-mini {coco} has no captions.jsonl; point it at ../shared/data/coco-mini")
-    rows = [json.loads(line) for line in (coco / "captions.jsonl").read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in (coco / "captions.jsonl").read_text().splitlines() if line.strip()]
+
+
+def replicated_table(coco: Path, table: Path, replicas: int, rows: list[dict] | None = None) -> int:
+    """Write a captions table naming each photo of ``rows`` (default: all of coco-mini) ``replicas``
+    times under distinct keys; returns its row count."""
+    rows = read_rows(coco) if rows is None else rows
     with open(table, "w") as out:
         for copy in range(replicas):
             for index, row in enumerate(rows):
@@ -27,10 +33,10 @@ def replicated_table(coco: Path, table: Path, replicas: int) -> int:
     return replicas * len(rows)
 
 
-def build_command(coco: Path, table: Path, out: Path, max_side: int, workers: int) -> list[str]:
+def build_command(coco: Path, table: Path, out: Path, max_side: int, workers: int, shard_size: int = 256) -> list[str]:
     return [sys.executable, "-m", "data.build", "--input", str(table), "--output", str(out),
             "--image-root", str(coco.resolve()), "--key-column", "key", "--max-side", str(max_side),
-            "--shard-size", "256", "--val-fraction", "0", "--workers", str(workers), "--no-progress"]
+            "--shard-size", str(shard_size), "--val-fraction", "0", "--workers", str(workers), "--no-progress"]
 
 
 def build_coco_shards(coco: Path, out: Path, max_side: int, replicas: int, workers: int) -> str:

@@ -44,14 +44,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.coco_shards import build_command
-from benchmarks.train_bench import BenchError, launcher, parse_peer_log, peer_shards, read_our_metrics, run_logged
+from benchmarks.coco_shards import build_command, read_rows, replicated_table
+from benchmarks.train_bench import (
+    BETA1, BETA2, EPS, GRAD_CLIP, WEIGHT_DECAY, BenchError, Recipe, launcher, our_overrides, parse_peer_log, peer_args,
+    read_our_metrics, run_logged,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "pretrain" / "configs" / "smoke.yaml"
 DEFAULT_SHARED = REPO.parent / "shared" / "data"
 MODEL, BATCH_SIZE = "clip-tiny", 64
-LR, WEIGHT_DECAY, BETA1, BETA2, EPS, GRAD_CLIP, WARMUP_FRACTION = 2e-3, 0.1, 0.9, 0.98, 1e-6, 1.0, 0.1
+LR, WARMUP_FRACTION = 2e-3, 0.1  # the rest of the optimizer as benchmarks.train_bench sets it
 # Default budgets: one pass over the demo's 6000 training samples; coco's 199 photos ~15 times.
 DEFAULT_SAMPLES = {"demo": 6016, "coco": 3008}
 DEMO_VAL, COCO_HELDOUT = 600, 40
@@ -181,24 +184,17 @@ def coco_split(rows: list[dict], heldout: int = COCO_HELDOUT) -> tuple[list[dict
 
 def prepare_coco(work: Path, samples: int, shared: Path, workers: int) -> DatasetSetup:
     coco, cifar = shared / "coco-mini", shared / "cifar10-test-2k"
-    rows = [json.loads(line) for line in (coco / "captions.jsonl").read_text().splitlines() if line.strip()]
-    train, heldout = coco_split(rows)
+    train, heldout = coco_split(read_rows(coco))
     replicas = math.ceil(samples / len(train))
     table = work / "coco-train-table.jsonl"
-    with open(table, "w") as out:
-        for copy in range(replicas):
-            for row in train:
-                image = str((coco / row["image"]).resolve())
-                key = f"c{copy:03d}-{Path(row['image']).stem}"
-                out.write(json.dumps({"image": image, "captions": row["captions"], "key": key}) + "\n")
+    replicated_table(coco, table, replicas, rows=train)
     heldout_table = work / "coco-heldout.jsonl"
     heldout_table.write_text("".join(
         json.dumps({"image": str((coco / row["image"]).resolve()), "captions": row["captions"]}) + "\n"
         for row in heldout))
     shards = work / "coco-shards"
-    command = build_command(coco, table, shards, max_side=128, workers=workers)
-    size_at = command.index("--shard-size") + 1
-    command[size_at] = str(shard_count_size(replicas * len(train)))
+    command = build_command(coco, table, shards, max_side=128, workers=workers,
+                            shard_size=shard_count_size(replicas * len(train)))
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise BenchError("data.build of coco-mini shards failed:\n" + "\n".join((result.stdout + result.stderr).splitlines()[-5:]))
@@ -225,20 +221,15 @@ def warmup_steps(samples: int) -> int:
     return max(1, round(WARMUP_FRACTION * samples / BATCH_SIZE))
 
 
+def recipe(setup: DatasetSetup, seed: int) -> Recipe:
+    """Both trainers alike: fp32, one process, one data worker, 10% warmup then cosine."""
+    return Recipe(MODEL, BATCH_SIZE, setup.samples, "fp32", 1, LR, warmup_steps(setup.samples), seed=seed, log_every=10)
+
+
 def train_ours(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tuple[Path, float, str]:
     """Returns (export dir, seconds, log path)."""
     run_dir = work / f"{setup.name}-seed{seed}-ours"
-    overrides = [
-        f"data.train={setup.shards}", f"run_dir={run_dir}", f"seed={seed}", f"model.name={MODEL}",
-        f"micro_batch={BATCH_SIZE}", "grad_accum=1", f"total_samples={setup.samples}", "precision=fp32",
-        "zero.stage=0", "data.workers=1", "data.shuffle_buffer=1000",
-        f"optim.lr={LR}", f"optim.weight_decay={WEIGHT_DECAY}", f"optim.beta1={BETA1}", f"optim.beta2={BETA2}",
-        f"optim.eps={EPS}", f"optim.grad_clip={GRAD_CLIP}", "optim.min_lr_ratio=0.0",
-        f"optim.warmup_samples={warmup_steps(setup.samples) * BATCH_SIZE}",
-        "loss.kind=infonce", "loss.local_loss=false", "loss.gather_with_grad=true", "loss.mlm_weight=0.0",
-        "checkpoint.every_steps=0", "checkpoint.export=true", "logging.every_steps=10", "logging.progress=false",
-        "logging.wandb_mode=disabled", "eval.suite=null",
-    ]
+    overrides = [*our_overrides(recipe(setup, seed), setup.shards, run_dir, export=True), "data.shuffle_buffer=1000"]
     command = [*launcher(1), "-m", "pretrain.train", "--config", str(BASE_CONFIG), *overrides]
     log = work / f"{run_dir.name}.log"
     seconds = run_logged(run_dir.name, command, log, child_env(threads), lambda: 10 * len(read_our_metrics(run_dir)))
@@ -248,16 +239,7 @@ def train_ours(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tupl
 def train_theirs(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tuple[Path, float, str]:
     """Returns (export dir converted from epoch_1.pt, seconds, log path)."""
     name = f"{setup.name}-seed{seed}-theirs"
-    args = [
-        "--train-data", peer_shards(setup.shards), "--dataset-type", "webdataset",
-        "--train-num-samples", str(setup.samples), "--model", MODEL, "--batch-size", str(BATCH_SIZE),
-        "--precision", "fp32", "--workers", "1", "--epochs", "1", "--lr", str(LR), "--wd", str(WEIGHT_DECAY),
-        "--beta1", str(BETA1), "--beta2", str(BETA2), "--eps", str(EPS), "--grad-clip-norm", str(GRAD_CLIP),
-        "--warmup", str(warmup_steps(setup.samples)), "--lr-scheduler", "cosine", "--gather-with-grad",
-        "--seed", str(seed), "--report-to", "none", "--log-every-n-steps", "10", "--save-frequency", "1",
-        "--zeroshot-frequency", "0", "--val-frequency", "0", "--logs", str(work / "peer-logs"), "--name", name,
-        "--device", "cpu",
-    ]
+    args = peer_args(recipe(setup, seed), setup.shards, work / "peer-logs", name, "cpu", save=True)
     argv_file = work / f"{name}-argv.json"  # not on the command line: torchrun would claim `--logs`
     argv_file.write_text(json.dumps(args))
     command = [*launcher(1), "-m", "benchmarks.peer_open_clip", "--argv-json", str(argv_file)]

@@ -153,21 +153,59 @@ def run_logged(name: str, command: list[str], log_path: Path, env: dict[str, str
     return elapsed
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What both trainers are given alike (benchmarks.learning_bench uses it too). ``warmup_steps``
+    counts optimizer steps of the peer; ours gets the same number of samples."""
+
+    model: str
+    batch_size: int  # per process
+    samples: int
+    precision: str  # ours' name; the peer's amp_bf16 for bf16
+    workers: int
+    lr: float
+    warmup_steps: int
+    seed: int = 0
+    log_every: int = 1
+
+
+def our_overrides(recipe: Recipe, shards: str, run_dir: Path, stage: int = 0, export: bool = False) -> list[str]:
+    """pretrain.train overrides for `recipe`: AdamW and InfoNCE as the peer runs them, no checkpoints."""
+    return [
+        f"data.train={shards}", f"run_dir={run_dir}", f"seed={recipe.seed}", f"model.name={recipe.model}",
+        f"micro_batch={recipe.batch_size}", "grad_accum=1", f"total_samples={recipe.samples}",
+        f"precision={recipe.precision}", f"zero.stage={stage}", f"data.workers={recipe.workers}",
+        f"optim.lr={recipe.lr}", f"optim.weight_decay={WEIGHT_DECAY}", f"optim.beta1={BETA1}", f"optim.beta2={BETA2}",
+        f"optim.eps={EPS}", f"optim.grad_clip={GRAD_CLIP}", "optim.min_lr_ratio=0.0",
+        f"optim.warmup_samples={recipe.warmup_steps * recipe.batch_size}",
+        "loss.kind=infonce", "loss.local_loss=false", "loss.gather_with_grad=true", "loss.mlm_weight=0.0",
+        "checkpoint.every_steps=0", f"checkpoint.export={str(export).lower()}",
+        f"logging.every_steps={recipe.log_every}", "logging.progress=false", "logging.wandb_mode=disabled",
+        "eval.suite=null",
+    ]
+
+
+def peer_args(recipe: Recipe, shards: str, logs: Path, name: str, device: str, save: bool = False) -> list[str]:
+    """open_clip_train.main arguments for `recipe` (save: write epoch_N.pt at the end)."""
+    return [
+        "--train-data", peer_shards(shards), "--dataset-type", "webdataset",
+        "--train-num-samples", str(recipe.samples), "--model", recipe.model,
+        "--batch-size", str(recipe.batch_size), "--precision", "amp_bf16" if recipe.precision == "bf16" else recipe.precision,
+        "--workers", str(recipe.workers), "--epochs", "1", "--lr", str(recipe.lr), "--wd", str(WEIGHT_DECAY),
+        "--beta1", str(BETA1), "--beta2", str(BETA2), "--eps", str(EPS), "--grad-clip-norm", str(GRAD_CLIP),
+        "--warmup", str(recipe.warmup_steps), "--lr-scheduler", "cosine", "--gather-with-grad",
+        "--seed", str(recipe.seed), "--report-to", "none", "--log-every-n-steps", str(recipe.log_every),
+        "--save-frequency", "1" if save else "0", "--zeroshot-frequency", "0", "--val-frequency", "0",
+        "--logs", str(logs), "--name", name, "--device", device,
+    ]
+
+
 def run_ours(settings: BenchSettings, stage: int, work: Path) -> RunResult:
     name = f"ours-zero{stage}"
     run_dir = work / name
-    overrides = [
-        f"data.train={settings.shards}", f"run_dir={run_dir}", f"model.name={settings.model}",
-        f"micro_batch={settings.batch_size}", "grad_accum=1", f"total_samples={settings.samples}",
-        f"precision={settings.precision}", f"zero.stage={stage}", f"data.workers={settings.workers}",
-        f"optim.lr={LR}", f"optim.weight_decay={WEIGHT_DECAY}", f"optim.beta1={BETA1}", f"optim.beta2={BETA2}",
-        f"optim.eps={EPS}", f"optim.grad_clip={GRAD_CLIP}", "optim.min_lr_ratio=0.0",
-        f"optim.warmup_samples={WARMUP_STEPS * settings.batch_size * settings.nproc}",
-        "loss.kind=infonce", "loss.local_loss=false", "loss.gather_with_grad=true", "loss.mlm_weight=0.0",
-        "checkpoint.every_steps=0", "checkpoint.export=false", f"logging.every_steps={settings.log_every}",
-        "logging.progress=false", f"data.decode={settings.decode}",
-        "logging.wandb_mode=disabled", "eval.suite=null",
-    ]
+    recipe = Recipe(settings.model, settings.batch_size, settings.samples, settings.precision, settings.workers,
+                    LR, WARMUP_STEPS * settings.nproc, log_every=settings.log_every)
+    overrides = [*our_overrides(recipe, settings.shards, run_dir, stage=stage), f"data.decode={settings.decode}"]
     command = [*launcher(settings.nproc), "-m", "pretrain.train", "--config", str(BASE_CONFIG), *overrides]
     log_path = work / f"{name}.log"
     process_s = run_logged(name, command, log_path, child_env(settings), lambda: len(read_our_metrics(run_dir)))
@@ -191,17 +229,9 @@ def peer_shards(spec: str) -> str:
 
 def run_theirs(settings: BenchSettings, work: Path) -> RunResult:
     name = "open_clip_train"
-    peer_precision = "amp_bf16" if settings.precision == "bf16" else settings.precision
-    args = [
-        "--train-data", peer_shards(settings.shards), "--dataset-type", "webdataset",
-        "--train-num-samples", str(settings.samples), "--model", settings.model,
-        "--batch-size", str(settings.batch_size), "--precision", peer_precision, "--workers", str(settings.workers),
-        "--epochs", "1", "--lr", str(LR), "--wd", str(WEIGHT_DECAY), "--beta1", str(BETA1), "--beta2", str(BETA2),
-        "--eps", str(EPS), "--grad-clip-norm", str(GRAD_CLIP), "--warmup", str(WARMUP_STEPS), "--lr-scheduler", "cosine",
-        "--gather-with-grad", "--seed", "0", "--report-to", "none", "--log-every-n-steps", "1",
-        "--save-frequency", "0", "--zeroshot-frequency", "0", "--val-frequency", "0",
-        "--logs", str(work / "peer-logs"), "--name", name, "--device", settings.device,
-    ]
+    recipe = Recipe(settings.model, settings.batch_size, settings.samples, settings.precision, settings.workers,
+                    LR, WARMUP_STEPS, log_every=1)
+    args = peer_args(recipe, settings.shards, work / "peer-logs", name, settings.device)
     argv_file = work / "peer-argv.json"  # not on the command line: torchrun would claim `--logs`
     argv_file.write_text(json.dumps(args))
     command = [*launcher(settings.nproc), "-m", "benchmarks.peer_open_clip", "--argv-json", str(argv_file)]
