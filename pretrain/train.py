@@ -162,23 +162,31 @@ def resolve_resume(cfg: TrainConfig, checkpointer: Checkpointer) -> Path | None:
 
 def check_resumable(checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -> None:
     """Refuses a world-size or ZeRO-stage change before DeepSpeed tries: it fails on those with an
-    assert or an attribute error deep in its loader, which would read as a corrupt checkpoint."""
+    assert or an attribute error deep in its loader, which would read as a corrupt checkpoint.
+
+    Every rank raises the same error: the ranks exchange verdicts first, so none can exit (and have
+    torchrun stop the others) while another still goes on into DeepSpeed's collective loading."""
+    verdicts = gather_objects(resume_mismatch(checkpoint_dir, cfg, dist))
+    refusal = next((verdict for verdict in verdicts if verdict), None)
+    if refusal:
+        raise TrainingError(refusal)
+
+
+def resume_mismatch(checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -> str | None:
+    """Why this run cannot resume `checkpoint_dir` (None: it can, or Checkpointer.load will say why not)."""
     try:
         with ckpt.safe_torch_load():  # weights_only; mmap: reads only the small client-state entries
             saved = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True, weights_only=True)
         saved_world, saved_stage = saved.get("world_size"), saved.get("zero_stage")
     except Exception:  # noqa: BLE001 - unreadable: Checkpointer.load reports why, in one line
-        return
+        return None
     if saved_world is not None and saved_world != dist.world_size:
-        raise TrainingError(
-            f"checkpoint {checkpoint_dir} was written by {saved_world} processes, this run has {dist.world_size}; "
-            "exact data resume needs the same world size: relaunch with that many processes"
-        )
+        return (f"checkpoint {checkpoint_dir} was written by {saved_world} processes, this run has {dist.world_size}; "
+                "exact data resume needs the same world size: relaunch with that many processes")
     if saved_stage is not None and saved_stage != cfg.zero.stage:
-        raise TrainingError(
-            f"checkpoint {checkpoint_dir} was written with zero.stage={saved_stage}, this run has "
-            f"zero.stage={cfg.zero.stage}; DeepSpeed cannot repartition it: resume with zero.stage={saved_stage}"
-        )
+        return (f"checkpoint {checkpoint_dir} was written with zero.stage={saved_stage}, this run has "
+                f"zero.stage={cfg.zero.stage}; DeepSpeed cannot repartition it: resume with zero.stage={saved_stage}")
+    return None
 
 
 def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -> None:
@@ -255,6 +263,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def rank_error(dist: DistContext, message: str) -> None:
+    """One `error: [rank N] ...` line in a single write: print() writes the text and its newline
+    separately, so two ranks failing together on one stderr pipe run their lines together."""
+    sys.stderr.write(f"error: [rank {dist.rank}] {message}\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     # torch 2.14 marks the autograd-aware all_gather (what gathering features with gradient needs)
     # as deprecated, with no drop-in replacement yet; say it once in the docs, not once per rank.
@@ -295,11 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             train(cfg, dist, evaluate=evaluate_engine)
         except (TrainingError, ckpt.CheckpointError, ConfigError, ValueError, FileNotFoundError) as error:
-            print(f"error: [rank {dist.rank}] {str(error).splitlines()[0]}", file=sys.stderr)
+            rank_error(dist, str(error).splitlines()[0])
             return 1
         except KeyboardInterrupt:
-            print(f"error: [rank {dist.rank}] interrupted twice: stopped without saving; the last complete "
-                  f"checkpoint in {cfg.run_dir}/checkpoints is intact (resume with --resume auto)", file=sys.stderr)
+            rank_error(dist, f"interrupted twice: stopped without saving; the last complete checkpoint in "
+                             f"{cfg.run_dir}/checkpoints is intact (resume with --resume auto)")
             return 130
         finally:
             shutdown()
