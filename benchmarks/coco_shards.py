@@ -34,7 +34,7 @@ def replicated_table(coco: Path, table: Path, replicas: int, rows: list[dict] | 
 
 
 def build_command(coco: Path, table: Path, out: Path, max_side: int, workers: int, shard_size: int = 256) -> list[str]:
-    return [sys.executable, "-m", "data.build", "--input", str(table), "--output", str(out),
+    return [sys.executable, "-m", "clip_pretrain.data.build", "--input", str(table), "--output", str(out),
             "--image-root", str(coco.resolve()), "--key-column", "key", "--max-side", str(max_side),
             "--shard-size", str(shard_size), "--val-fraction", "0", "--workers", str(workers), "--no-progress"]
 
@@ -48,5 +48,5 @@ def build_coco_shards(coco: Path, out: Path, max_side: int, replicas: int, worke
     result = subprocess.run(build_command(coco, table, out, max_side, workers), cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-5:])
-        raise RuntimeError(f"data.build of coco-mini shards failed:\n{tail}")
+        raise RuntimeError(f"clip_pretrain.data.build of coco-mini shards failed:\n{tail}")
     return str(out)

@@ -73,7 +73,7 @@ def build_shards(coco: Path, work: Path, log_dir: Path, workers: int, replicas: 
         manifest = work / name / "manifest.json"
         kept = sum(s.get("count", 0) for s in json.loads(manifest.read_text()).get("shards", [])) if manifest.is_file() else 0
         results[name] = {"ok": ok and kept > 0, "seconds": round(seconds, 1), "samples": kept, "tail": tail}
-    ok, tail, seconds = run("shards-demo", py("-m", "data.demo", "--output", str(work / "demo"), "--num-train", "1024",
+    ok, tail, seconds = run("shards-demo", py("-m", "clip_pretrain.data.demo", "--output", str(work / "demo"), "--num-train", "1024",
                                               "--num-val", "128", "--shard-size", "64", "--no-progress"), 300, log_dir)
     results["demo"] = {"ok": ok, "seconds": round(seconds, 1), "tail": None if ok else tail}
     return results
@@ -86,7 +86,7 @@ def smoke(work: Path, log_dir: Path) -> list[dict]:
             name = f"smoke-{precision}-zero{stage}"
             run_dir = work / name
             extra = ["optim.grad_clip=0"] if precision == "fp16" and stage >= 1 else []
-            ok, tail, seconds = run(name, py("-m", "pretrain.train", "--config", SMOKE_CONFIG, f"data.train={work / 'demo'}",
+            ok, tail, seconds = run(name, py("-m", "clip_pretrain.pretrain.train", "--config", SMOKE_CONFIG, f"data.train={work / 'demo'}",
                                              f"run_dir={run_dir}", f"precision={precision}", f"zero.stage={stage}",
                                              "micro_batch=32", "total_samples=640", "checkpoint.every_steps=0", *extra),
                                     300, log_dir)
@@ -102,16 +102,16 @@ def mlm_and_eval(work: Path, log_dir: Path) -> list[dict]:
     suite = work / "demo-suite.yaml"
     suite.write_text((REPO / "eval" / "suites" / "demo.yaml").read_text().replace("demo_out/shards", str(work / "demo")))
     rows = []
-    ok, tail, seconds = run("train-mlm-eval", py("-m", "pretrain.train", "--config", SMOKE_CONFIG, f"data.train={work / 'demo'}",
+    ok, tail, seconds = run("train-mlm-eval", py("-m", "clip_pretrain.pretrain.train", "--config", SMOKE_CONFIG, f"data.train={work / 'demo'}",
                                                  f"run_dir={run_dir}", "precision=bf16", "zero.stage=2", "loss.mlm_weight=0.2",
                                                  "micro_batch=32", "total_samples=1280", f"eval.suite={suite}",
                                                  "eval.every_steps=20", "checkpoint.every_steps=0"), 400, log_dir)
     evals = [m for m in metrics_of(run_dir) if any(k.startswith("eval/") for k in m)]
     rows.append({"name": "train bf16 zero2 + MLM + eval in training", "ok": ok and bool(evals), "seconds": round(seconds, 1),
                  "eval": evals[-1] if evals else None, "tail": None if ok else tail})
-    ok, tail, seconds = run("eval-cli", py("-m", "eval.run", "--checkpoint", str(run_dir / "export"), "--suite", str(suite),
+    ok, tail, seconds = run("eval-cli", py("-m", "clip_pretrain.eval.run", "--checkpoint", str(run_dir / "export"), "--suite", str(suite),
                                            "--precision", "bf16", "--out", str(work / "eval-cli")), 300, log_dir)
-    rows.append({"name": "eval.run on the export", "ok": ok, "seconds": round(seconds, 1), "tail": tail})
+    rows.append({"name": "clip_pretrain.eval.run on the export", "ok": ok, "seconds": round(seconds, 1), "tail": tail})
     return rows
 
 

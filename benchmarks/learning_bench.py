@@ -13,7 +13,7 @@ state dict `peer_checkpoint_to_export` turns into model.safetensors + open_clip_
 exports are then scored by the same eval suite through `eval.run.run_suite`, in this process.
 
 Datasets (never evaluated on an image trained on):
-  demo  `python -m data.demo` shards (6000 train / 600 val by default); zero-shot over the 30
+  demo  `python -m clip_pretrain.data.demo` shards (6000 train / 600 val by default); zero-shot over the 30
         classes and image-text retrieval on the held-out val split (the tasks of eval/suites/demo.yaml
         without its linear probe).
   coco  ../shared/data/coco-mini: a fixed 40 of the 239 photos (lowest sha1 of the file name) are
@@ -124,7 +124,7 @@ def peer_checkpoint_to_export(checkpoint_path: Path, model_name: str, out_dir: P
     import open_clip
     from safetensors.torch import save_file
 
-    from eval.checkpoints import first_mismatch, register_project_configs
+    from clip_pretrain.eval.checkpoints import first_mismatch, register_project_configs
 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     state_dict = peer_state_dict(checkpoint)
@@ -159,17 +159,17 @@ def prepare_demo(work: Path, samples: int) -> DatasetSetup:
     """Demo shards with >= `samples` train samples and DEMO_VAL held-out val samples."""
     out = work / "demo-shards"
     num_train = samples  # one pass: open_clip_train's non-resampled epoch must not run out of samples
-    command = [sys.executable, "-m", "data.demo", "--output", str(out), "--num-train", str(num_train),
+    command = [sys.executable, "-m", "clip_pretrain.data.demo", "--output", str(out), "--num-train", str(num_train),
                "--num-val", str(DEMO_VAL), "--shard-size", str(shard_count_size(num_train)), "--no-progress"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BenchError(f"data.demo failed: {(result.stdout + result.stderr).strip().splitlines()[-1:]}")
+        raise BenchError(f"clip_pretrain.data.demo failed: {(result.stdout + result.stderr).strip().splitlines()[-1:]}")
     suite = write_suite(work / "demo-suite.yaml", [
         {"name": "demo-val-zeroshot", "task": "zeroshot_classification", "data": f"{out}::val",
          "templates": str(out / "zeroshot_templates.json")},
         {"name": "demo-val-retrieval", "task": "zeroshot_retrieval", "data": f"{out}::val"},
     ])
-    notes = [f"data.demo: {num_train} train samples (trained on), {DEMO_VAL} held-out val samples (scored: "
+    notes = [f"clip_pretrain.data.demo: {num_train} train samples (trained on), {DEMO_VAL} held-out val samples (scored: "
              "zero-shot over 30 classes, retrieval 600 images x 2 captions)"]
     return DatasetSetup("demo", str(out), suite, samples, notes)
 
@@ -197,7 +197,7 @@ def prepare_coco(work: Path, samples: int, shared: Path, workers: int) -> Datase
                             shard_size=shard_count_size(replicas * len(train)))
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BenchError("data.build of coco-mini shards failed:\n" + "\n".join((result.stdout + result.stderr).splitlines()[-5:]))
+        raise BenchError("clip_pretrain.data.build of coco-mini shards failed:\n" + "\n".join((result.stdout + result.stderr).splitlines()[-5:]))
     suite = write_suite(work / "coco-suite.yaml", [
         {"name": "cifar10-test-2k-zeroshot", "task": "zeroshot_classification", "data": str(cifar),
          "classnames": "cifar10", "templates": "cifar10"},
@@ -230,7 +230,7 @@ def train_ours(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tupl
     """Returns (export dir, seconds, log path)."""
     run_dir = work / f"{setup.name}-seed{seed}-ours"
     overrides = [*our_overrides(recipe(setup, seed), setup.shards, run_dir, export=True), "data.shuffle_buffer=1000"]
-    command = [*launcher(1), "-m", "pretrain.train", "--config", str(BASE_CONFIG), *overrides]
+    command = [*launcher(1), "-m", "clip_pretrain.pretrain.train", "--config", str(BASE_CONFIG), *overrides]
     log = work / f"{run_dir.name}.log"
     seconds = run_logged(run_dir.name, command, log, child_env(threads), lambda: 10 * len(read_our_metrics(run_dir)))
     return run_dir / "export", seconds, str(log)
@@ -259,8 +259,8 @@ def train_theirs(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tu
 
 def score(export: Path, suite: Path) -> dict[str, float]:
     """The suite's metrics for one export, through eval's own loader and tasks (CPU, in this process)."""
-    from eval.checkpoints import load_checkpoint
-    from eval.run import run_suite
+    from clip_pretrain.eval.checkpoints import load_checkpoint
+    from clip_pretrain.eval.run import run_suite
 
     encoder = load_checkpoint(str(export), device="cpu")
     records = run_suite(encoder, suite, device="cpu", batch_size=256, workers=0, model_id=str(export.resolve()),

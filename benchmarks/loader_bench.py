@@ -32,10 +32,10 @@ from PIL import Image
 import torch
 
 from benchmarks.coco_shards import build_coco_shards
-from data.device import split_normalize
-from data.device_decode import CropPlan, DeviceDecoder
-from data.loader import DataConfig, build_loader
-from data.shards import resolve_sources
+from clip_pretrain.data.device import split_normalize
+from clip_pretrain.data.device_decode import CropPlan, DeviceDecoder
+from clip_pretrain.data.loader import DataConfig, build_loader
+from clip_pretrain.data.shards import resolve_sources
 
 
 def write_synthetic_shards(root: Path, side: int, shards: int = 4, per_shard: int = 64) -> str:

@@ -170,7 +170,7 @@ class Recipe:
 
 
 def our_overrides(recipe: Recipe, shards: str, run_dir: Path, stage: int = 0, export: bool = False) -> list[str]:
-    """pretrain.train overrides for `recipe`: AdamW and InfoNCE as the peer runs them, no checkpoints."""
+    """clip_pretrain.pretrain.train overrides for `recipe`: AdamW and InfoNCE as the peer runs them, no checkpoints."""
     return [
         f"data.train={shards}", f"run_dir={run_dir}", f"seed={recipe.seed}", f"model.name={recipe.model}",
         f"micro_batch={recipe.batch_size}", "grad_accum=1", f"total_samples={recipe.samples}",
@@ -206,7 +206,7 @@ def run_ours(settings: BenchSettings, stage: int, work: Path) -> RunResult:
     recipe = Recipe(settings.model, settings.batch_size, settings.samples, settings.precision, settings.workers,
                     LR, WARMUP_STEPS * settings.nproc, log_every=settings.log_every)
     overrides = [*our_overrides(recipe, settings.shards, run_dir, stage=stage), f"data.decode={settings.decode}"]
-    command = [*launcher(settings.nproc), "-m", "pretrain.train", "--config", str(BASE_CONFIG), *overrides]
+    command = [*launcher(settings.nproc), "-m", "clip_pretrain.pretrain.train", "--config", str(BASE_CONFIG), *overrides]
     log_path = work / f"{name}.log"
     process_s = run_logged(name, command, log_path, child_env(settings), lambda: len(read_our_metrics(run_dir)))
     records = read_our_metrics(run_dir)
@@ -222,7 +222,7 @@ def run_ours(settings: BenchSettings, stage: int, work: Path) -> RunResult:
 
 def peer_shards(spec: str) -> str:
     """open_clip_train's --train-data: the train tar files of `spec` joined with '::'."""
-    from data.shards import resolve_spec
+    from clip_pretrain.data.shards import resolve_spec
 
     return "::".join(shard.url for shard in resolve_spec(spec, "train"))
 
@@ -421,11 +421,11 @@ def make_demo_shards(root: Path, samples: int, workers: int, nproc: int) -> str:
     count = math.ceil(max(8, slots) / slots) * slots
     shard_size = math.ceil(samples / count)
     out = root / "shards"
-    command = [sys.executable, "-m", "data.demo", "--output", str(out), "--num-train", str(shard_size * count),
+    command = [sys.executable, "-m", "clip_pretrain.data.demo", "--output", str(out), "--num-train", str(shard_size * count),
                "--num-val", "16", "--shard-size", str(shard_size), "--no-progress"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BenchError(f"data.demo failed ({result.stderr.strip().splitlines()[-1:]}); pass --shards instead")
+        raise BenchError(f"clip_pretrain.data.demo failed ({result.stderr.strip().splitlines()[-1:]}); pass --shards instead")
     return str(out)
 
 

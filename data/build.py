@@ -1,6 +1,6 @@
 """Shard builder: captioned images -> webdataset tar shards + manifest.json + stats.json.
 
-    python -m data.build --input captions.jsonl --output shards/ --val-fraction 0.05
+    python -m clip_pretrain.data.build --input captions.jsonl --output shards/ --val-fraction 0.05
 
 The sample -> shard assignment is a pure function of the inputs and options (samples sorted by
 key, split by a hash of the key, then filled in order), so re-running an interrupted build reuses
@@ -31,9 +31,10 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 from webdataset import TarWriter
 
-from data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageOptions, ProcessedImage, SkipImage, content_digest, process_image
-from data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collect_samples
-from data.specs import expand_pattern, has_range
+from clip_pretrain.common.cli import prog_name
+from clip_pretrain.data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageOptions, ProcessedImage, SkipImage, content_digest, process_image
+from clip_pretrain.data.sources import KINDS, CollectResult, Columns, ImageRef, Sample, collect_samples
+from clip_pretrain.data.specs import expand_pattern, has_range
 
 SPLITS = ("train", "val")
 SKIP_REASONS = ("corrupt_image", "too_small", "too_large", "empty_caption", "duplicate",
@@ -494,7 +495,7 @@ def _read_classnames(path: str) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     defaults = BuildOptions()
-    parser = argparse.ArgumentParser(prog="python -m data.build", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog_name("clip_pretrain.data.build"), description=__doc__.splitlines()[0])
     parser.add_argument("--input", action="append", required=True,
                         help="JSONL/CSV/Parquet table, image folder, .tar, brace pattern or shard dir (repeatable)")
     parser.add_argument("--output", required=True, help="output directory for shards, manifest.json, stats.json")

@@ -1,6 +1,6 @@
 """The embedded demo dataset: coloured shapes with varied captions, generated (never downloaded).
 
-    python -m data.demo --output demo_out/shards [--num-train 6000 --num-val 600 --seed 0]
+    python -m clip_pretrain.data.demo --output demo_out/shards [--num-train 6000 --num-val 600 --seed 0]
 
 Each image is a 64 px picture of one shape in one colour, at a position and a size, on a grey
 background. Its label "<colour> <shape>" is a zero-shot class (6 colours x 5 shapes = 30); the
@@ -20,7 +20,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from data.build import build_shards, split_of, write_json_atomic
+from clip_pretrain.common.cli import prog_name
+from clip_pretrain.data.build import build_shards, split_of, write_json_atomic
 
 IMAGE_SIZE = 64
 COLOURS = {
@@ -169,7 +170,7 @@ def generate_demo(output: str, num_train: int = 6000, num_val: int = 600, seed: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog_name("clip_pretrain.data.demo"), description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="output shard directory")
     parser.add_argument("--num-train", type=int, default=6000)
     parser.add_argument("--num-val", type=int, default=600)

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torchvision import transforms as T
 
-from data.device_decode import DeviceDecoder
+from clip_pretrain.data.device_decode import DeviceDecoder
 
 
 def split_normalize(transform: Callable) -> tuple[T.Compose, tuple[float, ...], tuple[float, ...]]:

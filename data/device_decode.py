@@ -26,7 +26,7 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from data.decode import EXIF_ORIENTATION, decode_image, open_image
+from clip_pretrain.data.decode import EXIF_ORIENTATION, decode_image, open_image
 
 log = logging.getLogger(__name__)
 

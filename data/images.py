@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from data.decode import MAX_PIXELS, ImageTooLarge, decode_image, to_rgb  # noqa: F401 - to_rgb: callers import it here
+from clip_pretrain.data.decode import MAX_PIXELS, ImageTooLarge, decode_image, to_rgb  # noqa: F401 - to_rgb: callers import it here
 
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # the decompression-bomb limit every decoder shares (data.decode)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what PIL raises on bytes that are no image

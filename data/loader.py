@@ -56,11 +56,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data.decode import decode_image, resize_target
-from data.device_decode import DECODES, CropPlan, EncodedImage, collate, prepare
-from data.masking import IGNORE_INDEX, mask_tokens
-from data.tarstream import ReadStats, iter_samples, read_samples_at
-from data.shards import (
+from clip_pretrain.data.decode import decode_image, resize_target
+from clip_pretrain.data.device_decode import DECODES, CropPlan, EncodedImage, collate, prepare
+from clip_pretrain.data.masking import IGNORE_INDEX, mask_tokens
+from clip_pretrain.data.tarstream import ReadStats, iter_samples, read_samples_at
+from clip_pretrain.data.shards import (
     Shard, Source, derive_seed, epoch_order, rank_shard_count, resolve_sources, slot_shards,
 )
 

@@ -9,7 +9,7 @@ import hashlib
 import random
 from typing import Sequence
 
-from data.specs import Shard, Source, resolve_sources, resolve_spec  # noqa: F401 - re-exported
+from clip_pretrain.data.specs import Shard, Source, resolve_sources, resolve_spec  # noqa: F401 - re-exported
 
 
 def derive_seed(*parts: object) -> int:

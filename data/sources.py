@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from data.specs import expand_pattern, has_range, input_tars
+from clip_pretrain.data.specs import expand_pattern, has_range, input_tars
 
 KINDS = ("jsonl", "csv", "parquet", "folder", "shards")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")

@@ -259,11 +259,11 @@ def _resolve_folder(folder: Path, split: str | None, spec: str) -> Resolved:
     if is_img2dataset(folder):
         if split not in UNSPLIT_ACCEPTS:
             raise ValueError(f"{spec}: an img2dataset folder has no splits (split {split!r} asked for); drop "
-                             "::SPLIT / --split, or split it with python -m data.build --val-fraction")
+                             "::SPLIT / --split, or split it with python -m clip_pretrain.data.build --val-fraction")
         return Resolved(tuple(read_img2dataset(folder, spec)), folder, None)
     raise FileNotFoundError(
         f"{spec}: no {MANIFEST} and no img2dataset shards (NNNNN.tar + NNNNN_stats.json) in directory {folder}; "
-        f"build shards with `python -m data.build --input {folder} --output NEW_DIR` or pass a brace pattern / .tar path")
+        f"build shards with `python -m clip_pretrain.data.build --input {folder} --output NEW_DIR` or pass a brace pattern / .tar path")
 
 
 def resolve(spec: str, split: str | None = None) -> Resolved:

@@ -1,11 +1,11 @@
 """Evaluation throughput (images/s): JPEG files -> DataLoader decode workers -> image tower.
 
-python -m eval.bench [--model clip-tiny] [--images 512] [--batch-size 64] [--workers 0 2] \
+python -m clip_pretrain.eval.bench [--model clip-tiny] [--images 512] [--batch-size 64] [--workers 0 2] \
     [--device cuda|cpu] [--precision fp32 bf16] [--data IMAGEFOLDER] [--threads N]
 Random-init weights (throughput does not depend on them). Without --data, writes --images 256 px
 JPEGs to a temporary ImageFolder. Each row: the path eval.run takes (eval.features), best of 3
 passes after a warm-up pass; "encode only" times the tower on ready tensors.
-GPU: python -m eval.bench --model ViT-B-32 --device cuda --precision fp32 bf16 --workers 4 8 --images 4096 --batch-size 256
+GPU: python -m clip_pretrain.eval.bench --model ViT-B-32 --device cuda --precision fp32 bf16 --workers 4 8 --images 4096 --batch-size 256
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from eval.checkpoints import LoadedModel, register_project_configs
-from eval.cli import default_device, run_cli
-from eval.datasets import load_classification
-from eval.features import extract_image_features
+from clip_pretrain.common.cli import prog_name
+from clip_pretrain.eval.checkpoints import LoadedModel, register_project_configs
+from clip_pretrain.eval.cli import default_device, run_cli
+from clip_pretrain.eval.datasets import load_classification
+from clip_pretrain.eval.features import extract_image_features
 
 
 def default_model() -> str:
@@ -60,7 +61,7 @@ def build_encoder(name: str, device: str, precision: str) -> LoadedModel:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog_name("clip_pretrain.eval.bench"), description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="open_clip config name (default clip-tiny or eval-tiny-vit)")
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)

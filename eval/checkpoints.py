@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from common import checkpoint_files
-from eval.encoder import autocast_context, check_precision
+from clip_pretrain.common import checkpoint_files
+from clip_pretrain.eval.encoder import autocast_context, check_precision
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIRS = (REPO / "pretrain" / "model_configs", REPO / "eval" / "configs")

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Callable
 
 import torch
 
-from eval.checkpoints import LoadedModel, load_checkpoint
-from eval.distributed import Ranks, init_from_env
+from clip_pretrain.eval.checkpoints import LoadedModel, load_checkpoint
+from clip_pretrain.eval.distributed import Ranks, init_from_env
 
 
 def default_device() -> str:
@@ -59,3 +60,16 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _console_script(module: str) -> Callable[[], None]:
+    def entry() -> None:
+        run_cli(importlib.import_module(f"clip_pretrain.eval.{module}").main)
+
+    entry.__doc__ = f"Console script for python -m clip_pretrain.eval.{module} (see pyproject.toml)."
+    return entry
+
+
+# Imported when called: `eval.zeroshot` and friends import this module, not the other way round.
+eval_run, zeroshot, retrieval, linear_probe, eval_bench = map(
+    _console_script, ("run", "zeroshot", "retrieval", "linear_probe", "bench"))

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 
-from data import specs
-from data.decode import decode_image
-from eval import benchmark_wds
+from clip_pretrain.data import specs
+from clip_pretrain.data.decode import decode_image
+from clip_pretrain.eval import benchmark_wds
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")

@@ -24,8 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from eval.distributed import any_rank, current_ranks, gather_objects, gather_rows, sum_over_ranks
-from eval.encoder import Encoder
+from clip_pretrain.eval.distributed import any_rank, current_ranks, gather_objects, gather_rows, sum_over_ranks
+from clip_pretrain.eval.encoder import Encoder
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError)  # what PIL raises for truncated/corrupt files
 

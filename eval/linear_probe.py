@@ -1,6 +1,6 @@
 """Linear probe (and few-shot) transfer from frozen image features; see eval/tasks/linear_probe.py.
 
-python -m eval.linear_probe --checkpoint CK --data TEST [--train-data TRAIN | --train-split train | --holdout 0.2] \
+python -m clip_pretrain.eval.linear_probe --checkpoint CK --data TEST [--train-data TRAIN | --train-split train | --holdout 0.2] \
     [--fewshot-k K] [--seed 0] [--epochs 100] [--out R.json] [--device cuda|cpu] [--workers N]
 Reports lp_acc1, lp_acc5, lp_mean_per_class_recall, the chosen weight_decay, epochs, seed, fewshot_k.
 """
@@ -10,9 +10,9 @@ TASK = "linear_probe"
 
 
 def main(argv: list[str] | None = None) -> None:
-    from eval.single import single_task_main
+    from clip_pretrain.eval.single import single_task_main
 
-    single_task_main(TASK, "python -m eval.linear_probe", __doc__, argv, [
+    single_task_main(TASK, "clip_pretrain.eval.linear_probe", __doc__, argv, [
         ("--train-data", "training images (default: the train split of --data)"),
         ("--train-split", "split of --train-data / --data to train on (default train)"),
         ("--holdout", "fraction of --data kept as the test set, the rest trains (stratified, seeded)", float),
@@ -24,6 +24,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from eval.cli import run_cli
+    from clip_pretrain.eval.cli import run_cli
 
     run_cli(main)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from eval.metrics import classification_metrics
+from clip_pretrain.eval.metrics import classification_metrics
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # on standardised features
 DEFAULT_WEIGHT_DECAY = 1e-3  # used when the training set is too small to hold any part out

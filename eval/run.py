@@ -1,8 +1,8 @@
 """Run an evaluation suite (any tasks from eval/tasks/) on one checkpoint or Encoder.
 
-python -m eval.run --checkpoint CK --suite eval/suites/NAME.yaml [--out DIR] [--model NAME] \
+python -m clip_pretrain.eval.run --checkpoint CK --suite eval/suites/NAME.yaml [--out DIR] [--model NAME] \
     [--batch-size 64] [--workers N] [--device cuda|cpu] [--precision fp32|bf16] [--cache-dir DIR]
-torchrun --nproc-per-node N -m eval.run ...   (images and texts sharded over ranks, same metrics)
+torchrun --nproc-per-node N -m clip_pretrain.eval.run ...   (images and texts sharded over ranks, same metrics)
 
 Writes, in DIR: one CLIP_benchmark JSON per task ({dataset}_{pretrained}_{model}_{language}_{task}.json),
 results.json (our records: those keys plus counts, split, images/s) and results.md (table).
@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from eval import tasks
-from eval.cli import add_checkpoint_args, load_from_args, run_cli, setup_ranks
-from eval.distributed import shutdown
-from eval.encoder import Encoder
-from eval.results import markdown_table, write_benchmark_files, write_json
-from eval.suite import Suite, TaskSpec, load_suite
-from eval.tasks.context import TaskContext
+from clip_pretrain.common.cli import prog_name
+from clip_pretrain.eval import tasks
+from clip_pretrain.eval.cli import add_checkpoint_args, load_from_args, run_cli, setup_ranks
+from clip_pretrain.eval.distributed import shutdown
+from clip_pretrain.eval.encoder import Encoder
+from clip_pretrain.eval.results import markdown_table, write_benchmark_files, write_json
+from clip_pretrain.eval.suite import Suite, TaskSpec, load_suite
+from clip_pretrain.eval.tasks.context import TaskContext
 
 
 def run_task(spec: TaskSpec, ctx: TaskContext, *, model: str = "", pretrained: str = "") -> dict:
@@ -54,7 +55,7 @@ def run_suite(encoder: Encoder, suite: Suite | str | Path, *, device: str | torc
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog_name("clip_pretrain.eval.run"), description=__doc__.splitlines()[0])
     add_checkpoint_args(parser)
     parser.add_argument("--suite", required=True, help="suite YAML, e.g. eval/suites/shared-data.yaml")
     parser.add_argument("--out", default=None, help="output folder (default runs/eval/<suite name>)")

@@ -4,15 +4,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eval.cli import add_checkpoint_args, load_from_args, setup_ranks
-from eval.distributed import shutdown
-from eval.results import DEFAULT_NAME, benchmark_file_name, benchmark_json, format_metrics, write_json
-from eval.suite import TaskSpec
+from clip_pretrain.common.cli import prog_name
+from clip_pretrain.eval.cli import add_checkpoint_args, load_from_args, setup_ranks
+from clip_pretrain.eval.distributed import shutdown
+from clip_pretrain.eval.results import DEFAULT_NAME, benchmark_file_name, benchmark_json, format_metrics, write_json
+from clip_pretrain.eval.suite import TaskSpec
 
 
-def parse_args(prog: str, doc: str, argv: list[str] | None,
+def parse_args(module: str, doc: str, argv: list[str] | None,
                options: list[tuple[str, str] | tuple[str, str, type]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog_name(module), description=doc.splitlines()[0])
     add_checkpoint_args(parser)
     parser.add_argument("--data", required=True, help="dataset path or shard spec (see the module doc)")
     parser.add_argument("--out", default=None, help=f"results JSON (default: CLIP_benchmark's {DEFAULT_NAME})")
@@ -25,12 +26,12 @@ def parse_args(prog: str, doc: str, argv: list[str] | None,
     return parser.parse_args(argv)
 
 
-def single_task_main(task: str, prog: str, doc: str, argv: list[str] | None,
+def single_task_main(task: str, module: str, doc: str, argv: list[str] | None,
                      options: list[tuple[str, str] | tuple[str, str, type]]) -> dict:
-    from eval.run import run_task
-    from eval.tasks.context import TaskContext
+    from clip_pretrain.eval.run import run_task
+    from clip_pretrain.eval.tasks.context import TaskContext
 
-    args = parse_args(prog, doc, argv, options)
+    args = parse_args(module, doc, argv, options)
     if args.out and Path(args.out).is_dir():  # found out before the evaluation, not after it
         raise ValueError(f"--out {args.out} is a directory; give a file name such as {Path(args.out) / DEFAULT_NAME}")
     names = [flag.lstrip("-").replace("-", "_") for flag, *_ in options]

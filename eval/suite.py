@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from eval import tasks as registry
+from clip_pretrain.eval import tasks as registry
 
 COMMON_KEYS = {"name", "task", "data", "split", "max_samples", "language"}
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.encoder import ForwardEncoder
-from eval.results import dumps
-from eval.run import run_suite
+from clip_pretrain.eval.encoder import ForwardEncoder
+from clip_pretrain.eval.results import dumps
+from clip_pretrain.eval.run import run_suite
 
 
 def evaluate_engine(engine, parts, cfg, dist, step: int) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Zero-shot classification: class names x templates -> text classifier -> accuracy on images.
 
-python -m eval.zeroshot --checkpoint CK [--model NAME] --data D --out R.json \
+python -m clip_pretrain.eval.zeroshot --checkpoint CK [--model NAME] --data D --out R.json \
     [--classnames X] [--templates Y] [--split val] [--batch-size 64] [--workers N] [--device cuda|cpu] \
     [--precision fp32|bf16]
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from eval.encoder import Encoder
-from eval.features import encode_texts
-from eval.prompts import fill_template
+from clip_pretrain.eval.encoder import Encoder
+from clip_pretrain.eval.features import encode_texts
+from clip_pretrain.eval.prompts import fill_template
 
 TASK = "zeroshot_classification"
 
@@ -29,15 +29,15 @@ def build_classifier(encoder: Encoder, classnames: list[str], templates: list[st
 
 
 def main(argv: list[str] | None = None) -> None:
-    from eval.single import single_task_main
+    from clip_pretrain.eval.single import single_task_main
 
-    single_task_main(TASK, "python -m eval.zeroshot", __doc__, argv, [
+    single_task_main(TASK, "clip_pretrain.eval.zeroshot", __doc__, argv, [
         ("--classnames", "imagenet1k|cifar10|cifar100 or a .txt/.json file (default: from the data)"),
         ("--templates", "openai|simple|cifar10|cifar100 or a .txt/.json file (default: the data's, else openai)"),
     ])
 
 
 if __name__ == "__main__":
-    from eval.cli import run_cli
+    from clip_pretrain.eval.cli import run_cli
 
     run_cli(main)

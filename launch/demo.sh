@@ -14,10 +14,10 @@ RUN_DIR="${RUN_DIR:-runs/demo}"
 SHARDS=demo_out/shards
 
 if [ ! -f "$SHARDS/manifest.json" ]; then
-  .venv/bin/python -m data.demo --output "$SHARDS"
+  .venv/bin/python -m clip_pretrain.data.demo --output "$SHARDS"
 fi
 rm -rf "$RUN_DIR"
 PYTHON=.venv/bin/python launch/torchrun.sh "${NPROC:-2}" pretrain/configs/demo.yaml \
   "run_dir=$RUN_DIR" "data.train=$SHARDS" eval.suite=null "$@"
-.venv/bin/python -m eval.run --checkpoint "$RUN_DIR/export/model.safetensors" \
+.venv/bin/python -m clip_pretrain.eval.run --checkpoint "$RUN_DIR/export/model.safetensors" \
   --suite eval/suites/demo.yaml --out "$RUN_DIR/results"

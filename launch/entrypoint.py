@@ -1,10 +1,10 @@
 """The Docker image's entrypoint: map a subcommand to the command that runs it, then exec it.
 
     pretrain CONFIG [key=value ...]        launch/torchrun.sh (all GPUs, or 2 CPU workers), or
-                                           `python -m pretrain.train` when already a rank
-    eval [run|zeroshot|retrieval] ARGS     python -m eval.run (default) / eval.zeroshot / eval.retrieval
-    data [build|demo] ARGS                 python -m data.build (default) / data.demo
-    demo ARGS                              python -m data.demo
+                                           `python -m clip_pretrain.pretrain.train` when already a rank
+    eval [run|zeroshot|retrieval] ARGS     python -m clip_pretrain.eval.run (default) / .zeroshot / .retrieval
+    data [build|demo] ARGS                 python -m clip_pretrain.data.build (default) / .demo
+    demo ARGS                              python -m clip_pretrain.data.demo
     shell [ARGS]                           bash [ARGS]
     exec CMD [ARGS]                        CMD [ARGS], unchanged
 
@@ -29,24 +29,24 @@ DATA_TOOLS = ("build", "demo")
 def command_for(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
     """The command line for `argv` (the container's arguments); ValueError with a one-line usage if unknown.
 
-    environ: PYTHON (interpreter, default python), APP_DIR (project root, default this checkout),
+    environ: PYTHON (interpreter, default the one running this), APP_DIR (project root, default this checkout),
     PRETRAIN_LAUNCHER ("torchrun" or "python"; default torchrun unless RANK and WORLD_SIZE are
     already set, i.e. an outer launcher made this process one rank).
     """
     if not argv:
         raise ValueError(f"no subcommand given; {USAGE}")
     subcommand, args = argv[0], list(argv[1:])
-    python = environ.get("PYTHON", "python")
+    python = environ.get("PYTHON", sys.executable)
     if subcommand == "pretrain":
         return _pretrain(args, environ, python)
     if subcommand == "eval":
         tool, rest = _pick_tool(args, EVAL_TOOLS)
-        return [python, "-m", f"eval.{tool}", *rest]
+        return [python, "-m", f"clip_pretrain.eval.{tool}", *rest]
     if subcommand == "data":
         tool, rest = _pick_tool(args, DATA_TOOLS)
-        return [python, "-m", f"data.{tool}", *rest]
+        return [python, "-m", f"clip_pretrain.data.{tool}", *rest]
     if subcommand == "demo":
-        return [python, "-m", "data.demo", *args]
+        return [python, "-m", "clip_pretrain.data.demo", *args]
     if subcommand == "shell":
         return ["bash", *args]
     if subcommand == "exec":
@@ -63,7 +63,7 @@ def _pretrain(args: list[str], environ: Mapping[str, str], python: str) -> list[
     already_a_rank = "RANK" in environ and "WORLD_SIZE" in environ
     launcher = environ.get("PRETRAIN_LAUNCHER") or ("python" if already_a_rank else "torchrun")
     if launcher == "python":
-        return [python, "-m", "pretrain.train", "--config", config, *overrides]
+        return [python, "-m", "clip_pretrain.pretrain.train", "--config", config, *overrides]
     if launcher == "torchrun":
         app_dir = environ.get("APP_DIR") or str(APP_DIR)
         return ["bash", f"{app_dir}/launch/torchrun.sh", config, *overrides]

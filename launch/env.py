@@ -1,10 +1,11 @@
 """Map launcher environments (torchrun, srun, none) to torch.distributed's env:// variables.
 
 Everything here is a pure function of a string mapping, so every launcher layout can be unit-tested
-with a dict. `python -m launch.env` prints the resolved `DistEnv` as JSON (handy inside `srun`).
+with a dict. `python -m clip_pretrain.launch.env` prints the resolved `DistEnv` as JSON (handy inside `srun`).
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -13,6 +14,8 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Literal
+
+from clip_pretrain.common.cli import prog_name
 
 Launcher = Literal["torchrun", "slurm", "single"]
 
@@ -284,8 +287,9 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     return port
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print this process's resolved DistEnv as one JSON line (errors: `error: ...`, exit 2)."""
+    argparse.ArgumentParser(prog=prog_name("clip_pretrain.launch.env"), description=main.__doc__).parse_args(argv)
     try:
         env = resolve_dist_env(os.environ)
     except ValueError as err:

@@ -9,7 +9,7 @@
 # Several nodes (launch/slurm/pretrain.sbatch runs this once per node): set NNODES, NODE_RANK,
 # MASTER_ADDR and MASTER_PORT; every node then meets at the c10d rendezvous MASTER_ADDR:MASTER_PORT.
 #
-# Other env: PYTHON (default: the repo's .venv, else python3), TRAIN_MODULE (default pretrain.train),
+# Other env: PYTHON (default: the repo's .venv, else python3), TRAIN_MODULE (default clip_pretrain.pretrain.train),
 # MAX_RESTARTS (default 0), SHUTDOWN_TIMEOUT (seconds the workers get to save a checkpoint after a
 # SIGTERM/SIGUSR1 before torchrun kills them; default 110, inside the sbatch's 120 s warning).
 set -euo pipefail
@@ -105,4 +105,4 @@ exec "$PYTHON" -m torch.distributed.run \
   --max-restarts="${MAX_RESTARTS:-0}" \
   --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
   --shutdown-timeout="${SHUTDOWN_TIMEOUT:-110}" \
-  -m "${TRAIN_MODULE:-pretrain.train}" --config "$CONFIG" "$@"
+  -m "${TRAIN_MODULE:-clip_pretrain.pretrain.train}" --config "$CONFIG" "$@"

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.checkpoint_files import (
+from clip_pretrain.common.checkpoint_files import (
     COMPLETE, LATEST, SUPERSEDED, CheckpointError, atomic_write, complete_tags, latest_tag, load_error,
     resolve_checkpoint_dir, resume_tag, safe_torch_load, tag_for_step,
 )
-from pretrain.distributed import DistContext, all_true, barrier
+from clip_pretrain.pretrain.distributed import DistContext, all_true, barrier
 
 
 # --- saving and resuming during training ----------------------------------------------------------

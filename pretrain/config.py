@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 import yaml
 
-from data.loader import DataConfig
-from pretrain.config_env import expand_env
-from pretrain.losses import LossConfig
-from pretrain.model import ModelConfig
+from clip_pretrain.data.loader import DataConfig
+from clip_pretrain.pretrain.config_env import expand_env
+from clip_pretrain.pretrain.losses import LossConfig
+from clip_pretrain.pretrain.model import ModelConfig
 
 
 class ConfigError(ValueError):
@@ -301,7 +301,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 def config_reference(cls: type = None, prefix: str = "") -> list[str]:
     """Every config key with its type and default, one per line, from the dataclasses themselves
-    (what `python -m pretrain.train --help` lists)."""
+    (what `python -m clip_pretrain.pretrain.train --help` lists)."""
     cls = cls or TrainConfig
     hints, lines = typing.get_type_hints(cls), []
     for item in dataclasses.fields(cls):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from launch.env import apply_dist_env, resolve_dist_env
+from clip_pretrain.launch.env import apply_dist_env, resolve_dist_env
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import torch
 
-from pretrain.config import TrainConfig
-from pretrain.distributed import DistContext
-from pretrain.losses import param_groups
+from clip_pretrain.pretrain.config import TrainConfig
+from clip_pretrain.pretrain.distributed import DistContext
+from clip_pretrain.pretrain.losses import param_groups
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,6 +1,6 @@
 """Prepares a folder for the Hugging Face Hub from a run: open_clip's Hub layout plus a model card.
 
-    python -m pretrain.export_hub RUN_DIR HUB_DIR
+    python -m clip_pretrain.pretrain.export_hub RUN_DIR HUB_DIR
 
 HUB_DIR gets `open_clip_model.safetensors` (the file `open_clip` fetches for `hf-hub:ORG/NAME`),
 `open_clip_config.json` (model_cfg + preprocess_cfg) and `README.md` (the model card: training
@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from common import checkpoint_files as ckpt
+from clip_pretrain.common.cli import prog_name
+from clip_pretrain.common import checkpoint_files as ckpt
 
 HUB_WEIGHTS = "open_clip_model.safetensors"
 
@@ -78,7 +79,7 @@ def eval_results(run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.export_hub", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog_name("clip_pretrain.pretrain.export_hub"), description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a training run directory (RUN/export or RUN/checkpoints)")
     parser.add_argument("hub_dir", help="folder to write (created; its three files are replaced)")
     args = parser.parse_args(argv)

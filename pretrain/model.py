@@ -5,7 +5,7 @@ which PyTorch routes to F.scaled_dot_product_attention (fused/flash kernels on G
 blocks (qk_norm, scaled heads...) call F.scaled_dot_product_attention directly. Nothing to patch;
 tests/model/test_model_build.py checks that SDPA is hit.
 
-Usage: `python -m pretrain.model --list` prints the shipped configs with parameter counts.
+Usage: `python -m clip_pretrain.pretrain.model --list` prints the shipped configs with parameter counts.
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ import torch.nn as nn
 from open_clip.factory import merge_preprocess_dict
 from open_clip.model import CLIP, CustomTextCLIP, set_model_preprocess_cfg
 
-from common.checkpoint_files import to_open_clip_state_dict
-from pretrain.losses import LossConfig, log_temperature_init
-from pretrain.mlm import TextMLM, _register_external
+from clip_pretrain.common.cli import prog_name
+from clip_pretrain.common.checkpoint_files import to_open_clip_state_dict
+from clip_pretrain.pretrain.losses import LossConfig, log_temperature_init
+from clip_pretrain.pretrain.mlm import TextMLM, _register_external
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # makes "clip-tiny" etc. valid open_clip model names
@@ -261,7 +262,7 @@ def _print_table(names: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog_name("clip_pretrain.pretrain.model"), description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print shipped configs (and a few open_clip ones) with parameter counts")
     parser.add_argument("--name", action="append", default=[], help="also count this open_clip model (repeatable)")
     args = parser.parse_args(argv)

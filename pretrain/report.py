@@ -1,7 +1,7 @@
 """One picture of a run: losses, lr, temperature, throughput, eval metrics and retrieval examples.
 
-    python -m pretrain.report RUN_DIR [--out DIR]
-    python -m pretrain.report RUN_DIR --curve PNG [--title TEXT]   # just the learning curve (README figures)
+    python -m clip_pretrain.pretrain.report RUN_DIR [--out DIR]
+    python -m clip_pretrain.pretrain.report RUN_DIR --curve PNG [--title TEXT]   # just the learning curve (README figures)
 
 Reads RUN/metrics.jsonl and the newest RUN/eval/step_*.json (else RUN/results/results.json) and
 writes DIR/report.png and DIR/report.html (default DIR: RUN/report). ``--curve`` draws one small
@@ -24,6 +24,8 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.gridspec import GridSpec, GridSpecFromSubplotSpec  # noqa: E402
+
+from clip_pretrain.common.cli import prog_name
 
 HEADLINE_EVAL = ("acc1", "lp_acc1", "image_retrieval_recall@1", "text_retrieval_recall@1",
                  "image_retrieval_recall@5", "text_retrieval_recall@5")
@@ -131,8 +133,8 @@ def plot_summary(ax, run_dir: Path, records: list[dict], evaluation: list[dict])
 def find_images(data: Any, split: str | None, keys: set[str]) -> dict[str, Any]:
     """Images of `keys` from local shards (any spec data.specs resolves, as eval read them);
     {} for other sources. Decoded like training and eval decode them (data.decode)."""
-    from data import specs
-    from data.decode import decode_image
+    from clip_pretrain.data import specs
+    from clip_pretrain.data.decode import decode_image
 
     if not isinstance(data, str) or not keys or not specs.looks_like_spec(data):
         return {}
@@ -265,7 +267,7 @@ def report_html(run_dir: Path, last: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog_name("clip_pretrain.pretrain.report"), description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
     parser.add_argument("--curve", default=None, metavar="PNG", help="draw only the learning curve, into PNG")

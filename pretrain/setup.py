@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import torch
 
-from common import checkpoint_files as ckpt
-from pretrain.checkpoint import Checkpointer
-from pretrain.config import TrainConfig, dump_config
-from pretrain.distributed import DistContext, all_true
+from clip_pretrain.common import checkpoint_files as ckpt
+from clip_pretrain.pretrain.checkpoint import Checkpointer
+from clip_pretrain.pretrain.config import TrainConfig, dump_config
+from clip_pretrain.pretrain.distributed import DistContext, all_true
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,11 @@ def build_everything(cfg: TrainConfig, dist: DistContext) -> RunParts:
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from data.device import DeviceNormalizer, split_normalize
-    from data.device_decode import CropPlan, DeviceDecoder
-    from data.loader import build_loader
-    from pretrain.engine import build_engine
-    from pretrain.model import build_model
+    from clip_pretrain.data.device import DeviceNormalizer, split_normalize
+    from clip_pretrain.data.device_decode import CropPlan, DeviceDecoder
+    from clip_pretrain.data.loader import build_loader
+    from clip_pretrain.pretrain.engine import build_engine
+    from clip_pretrain.pretrain.model import build_model
 
     configure_backends(dist.device)
     model = build_model(cfg.model, cfg.loss).to(dist.device)

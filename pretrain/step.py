@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import torch
 
-from pretrain.config import TrainConfig
-from pretrain.engine import clips_in_step
-from pretrain.losses import compute_objective
+from clip_pretrain.pretrain.config import TrainConfig
+from clip_pretrain.pretrain.engine import clips_in_step
+from clip_pretrain.pretrain.losses import compute_objective
 
 MODEL_INPUTS = ("images", "texts", "mlm_input_ids", "mlm_labels", "mlm_positions")
 

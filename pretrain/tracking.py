@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from pretrain.config import LoggingConfig, config_to_dict
+from clip_pretrain.pretrain.config import LoggingConfig, config_to_dict
 
 WANDB_MODES = ("online", "offline", "disabled")
 

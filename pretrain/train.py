@@ -1,6 +1,6 @@
 """Contrastive (+ optional MLM) pretraining under DeepSpeed ZeRO.
 
-    python -m pretrain.train --config pretrain/configs/demo.yaml [--resume auto] [key=value ...]
+    python -m clip_pretrain.pretrain.train --config pretrain/configs/demo.yaml [--resume auto] [key=value ...]
 
 Run it under torchrun, srun or as one plain process. Gradient accumulation is DeepSpeed's: each
 micro-batch's contrastive loss takes its negatives from that micro-batch across all ranks (not from
@@ -20,15 +20,16 @@ from typing import Any, Callable
 
 import torch
 
-from common import checkpoint_files as ckpt
-from data.device import DeviceBatches
-from pretrain.checkpoint import Checkpointer
-from pretrain.config import ConfigError, TrainConfig, config_reference, dump_config, load_config
-from pretrain.distributed import DistContext, any_true, gather_objects, init_distributed, shutdown
-from pretrain.setup import build_everything, open_clip_config_json, prepare_run_dir
-from pretrain.state import TrainState, rng_state, seed_everything, set_rng_state
-from pretrain.step import StepMetrics, train_step
-from pretrain.tracking import Tracker
+from clip_pretrain.common.cli import prog_name
+from clip_pretrain.common import checkpoint_files as ckpt
+from clip_pretrain.data.device import DeviceBatches
+from clip_pretrain.pretrain.checkpoint import Checkpointer
+from clip_pretrain.pretrain.config import ConfigError, TrainConfig, config_reference, dump_config, load_config
+from clip_pretrain.pretrain.distributed import DistContext, any_true, gather_objects, init_distributed, shutdown
+from clip_pretrain.pretrain.setup import build_everything, open_clip_config_json, prepare_run_dir
+from clip_pretrain.pretrain.state import TrainState, rng_state, seed_everything, set_rng_state
+from clip_pretrain.pretrain.step import StepMetrics, train_step
+from clip_pretrain.pretrain.tracking import Tracker
 
 
 class TrainingError(RuntimeError):
@@ -48,7 +49,7 @@ def train(cfg: TrainConfig, dist: DistContext, evaluate: Evaluator | None = None
     eval.training.evaluate_engine: this package does not import eval/)."""
     if cfg.eval.suite and evaluate is None:
         raise ConfigError("config key eval.suite: set, but this trainer was built without an evaluator; "
-                          "run python -m pretrain.train, or pass evaluate=eval.training.evaluate_engine")
+                          "run python -m clip_pretrain.pretrain.train, or pass evaluate=eval.training.evaluate_engine")
     run_dir = prepare_run_dir(cfg, dist)
     seed_everything(cfg.seed)  # the same initial weights on every rank
     parts = build_everything(cfg, dist)
@@ -253,7 +254,7 @@ def preemption_signals():
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     epilog = ("config keys (YAML file and key=value overrides; values may be ${oc.env:NAME} or "
               "${oc.env:NAME,default}, quoted on the shell):\n" + "\n".join(config_reference()))
-    parser = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=prog_name("clip_pretrain.pretrain.train"), description=__doc__.split("\n\n")[0],
                                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see pretrain/configs/)")
     parser.add_argument("--resume", help="'auto' (latest complete checkpoint in run_dir), 'none', or a checkpoint dir")
@@ -289,20 +290,20 @@ def main(argv: list[str] | None = None) -> int:
 
         ckpt.check_model_config(open_clip.get_model_config(cfg.model.name) or {}, f"model.name {cfg.model.name}")
         if cfg.model.pretrained is not None:
-            from pretrain.model import resolve_pretrained
+            from clip_pretrain.pretrain.model import resolve_pretrained
 
             ckpt.check_weights_file(resolve_pretrained(cfg.model.name, cfg.model.pretrained)[0])
     except (ckpt.CheckpointError, ValueError) as error:
         print(f"error: model: {error}", file=sys.stderr)
         return 2
     try:  # before DeepSpeed's ~15 s start-up: a wrong data path fails at once, in one line
-        from data.specs import resolve_sources
+        from clip_pretrain.data.specs import resolve_sources
 
         resolve_sources(cfg.data.train, cfg.data.split)
     except (ValueError, OSError) as error:
         print(f"error: data.train: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1  # as when the loader found it (callers and tests read 1 as "bad data", 2 as "bad config")
-    from eval.training import evaluate_engine  # CLI wiring: the trainer is handed its evaluator
+    from clip_pretrain.eval.training import evaluate_engine  # CLI wiring: the trainer is handed its evaluator
 
     _received.clear()
     with preemption_signals():

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from eval.datasets import EvalDataset
-from eval.distributed import current_ranks
-from eval.encoder import Encoder
-from eval.features import FeatureCache, ImageFeatures, extract_image_features
-from eval.zeroshot import build_classifier
+from clip_pretrain.eval.datasets import EvalDataset
+from clip_pretrain.eval.distributed import current_ranks
+from clip_pretrain.eval.encoder import Encoder
+from clip_pretrain.eval.features import FeatureCache, ImageFeatures, extract_image_features
+from clip_pretrain.eval.zeroshot import build_classifier
 
 # Module-level so that consecutive suites (training evaluates step after step) share them; both
 # keep entries of the most recent model_id only.

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from eval.datasets import EvalDataset, load_classification
-from eval.probe import ProbeConfig, holdout_split, linear_probe
-from eval.prompts import load_classnames
+from clip_pretrain.eval.datasets import EvalDataset, load_classification
+from clip_pretrain.eval.probe import ProbeConfig, holdout_split, linear_probe
+from clip_pretrain.eval.prompts import load_classnames
 
 if TYPE_CHECKING:
-    from eval.suite import TaskSpec
-    from eval.tasks.context import TaskContext
+    from clip_pretrain.eval.suite import TaskSpec
+    from clip_pretrain.eval.tasks.context import TaskContext
 
 OPTIONS = frozenset({"classnames", "train_data", "train_split", "holdout", "fewshot_k", "seed", "weight_decays",
                      "epochs"})

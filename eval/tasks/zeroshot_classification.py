@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from eval.datasets import load_classification
-from eval.metrics import classification_metrics
-from eval.prompts import load_classnames, load_templates
+from clip_pretrain.eval.datasets import load_classification
+from clip_pretrain.eval.metrics import classification_metrics
+from clip_pretrain.eval.prompts import load_classnames, load_templates
 
 if TYPE_CHECKING:
-    from eval.suite import TaskSpec
-    from eval.tasks.context import TaskContext
+    from clip_pretrain.eval.suite import TaskSpec
+    from clip_pretrain.eval.tasks.context import TaskContext
 
 OPTIONS = frozenset({"classnames", "templates"})
 

@@ -5,13 +5,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from eval.datasets import load_retrieval
-from eval.features import encode_texts
-from eval.metrics import retrieval_metrics
+from clip_pretrain.eval.datasets import load_retrieval
+from clip_pretrain.eval.features import encode_texts
+from clip_pretrain.eval.metrics import retrieval_metrics
 
 if TYPE_CHECKING:
-    from eval.suite import TaskSpec
-    from eval.tasks.context import TaskContext
+    from clip_pretrain.eval.suite import TaskSpec
+    from clip_pretrain.eval.tasks.context import TaskContext
 
 OPTIONS = frozenset({"image_root"})
 EXAMPLE_QUERIES, EXAMPLE_TOP_K = 6, 4  # kept in the record for pretrain.report's retrieval grid

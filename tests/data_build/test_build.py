@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import data.build as build_module
-from data.build import build_shards, count_tar_samples, main, split_of
+import clip_pretrain.data.build as build_module
+from clip_pretrain.data.build import build_shards, count_tar_samples, main, split_of
 from tests.data_build.helpers import MESSY_EXPECTED_KEPT, MESSY_EXPECTED_SKIPS, read_build, read_shard
 
 FAST = {"workers": 0, "progress": False}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.demo import COLOURS, class_names, demo_keys, generate_demo, main, make_sample
+from clip_pretrain.data.demo import COLOURS, class_names, demo_keys, generate_demo, main, make_sample
 from tests.data_build.helpers import read_build
 
 
@@ -66,7 +66,7 @@ def test_cli(tmp_path: Path, capsys) -> None:
 
 
 def test_learning_curve_figure(tmp_path: Path) -> None:
-    from pretrain.report import main as report_main
+    from clip_pretrain.pretrain.report import main as report_main
 
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "loss": 4.0 / s, "samples_seen": 64 * s} for s in range(10, 60, 10)]

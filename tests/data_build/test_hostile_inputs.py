@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data.build import SIDECAR_DIR, build_shards, main
+from clip_pretrain.data.build import SIDECAR_DIR, build_shards, main
 from tests.data_build.helpers import read_build
 
 FAST = {"workers": 0, "progress": False}
@@ -182,7 +182,7 @@ def test_shard_manifest_pointing_outside_its_folder_is_refused(tmp_path: Path) -
 
 
 def test_oversized_members_and_files_are_skipped_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from data import sources
+    from clip_pretrain.data import sources
 
     image(tmp_path / "a.png")
     (tmp_path / "a.txt").write_text("a")

@@ -8,7 +8,7 @@ import pytest
 from tests.data_build.helpers import encode, gradient_rgb, messy_images, png_header_only
 from PIL import Image
 
-from data.images import ImageOptions, SkipImage, process_image, resize_max_side, to_rgb
+from clip_pretrain.data.images import ImageOptions, SkipImage, process_image, resize_max_side, to_rgb
 
 
 def decode(jpeg: bytes) -> Image.Image:

@@ -1,4 +1,4 @@
-"""data.build on img2dataset's output folder: fitting JPEGs pass through byte for byte, and the
+"""clip_pretrain.data.build on img2dataset's output folder: fitting JPEGs pass through byte for byte, and the
 per-sample json of img2dataset (url, sha256, exif, status...) is kept."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data.build import build_shards, main
+from clip_pretrain.data.build import build_shards, main
 from tests.data_build.helpers import read_build
 from tests.img2dataset_layout import write_img2dataset
 
@@ -42,7 +42,7 @@ def test_images_over_max_side_or_with_reencode_are_reencoded(tmp_path: Path) -> 
 
 
 def test_parquet_metadata_is_readable(tmp_path: Path) -> None:
-    from data.specs import img2dataset_metadata
+    from clip_pretrain.data.specs import img2dataset_metadata
 
     write_img2dataset(tmp_path / "i2d", successes=(3, 2), failed=1)
     table = img2dataset_metadata(tmp_path / "i2d")

@@ -6,7 +6,7 @@ import signal
 import open_clip
 import pytest
 
-from data.loader import DataConfig, StreamingLoader, build_loader
+from clip_pretrain.data.loader import DataConfig, StreamingLoader, build_loader
 
 IMAGE_SIZE = 32
 

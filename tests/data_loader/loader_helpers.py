@@ -10,7 +10,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from data.loader import StreamingLoader
+from clip_pretrain.data.loader import StreamingLoader
 
 
 def jpeg_bytes(rng: np.random.Generator, size: int = 48) -> bytes:

@@ -13,9 +13,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from data.device import split_normalize
-from data.device_decode import CropPlan, DeviceDecoder
-from data.loader import DataConfig
+from clip_pretrain.data.device import split_normalize
+from clip_pretrain.data.device_decode import CropPlan, DeviceDecoder
+from clip_pretrain.data.loader import DataConfig
 from tests.data_loader.loader_helpers import take
 
 SIZE = 32
@@ -63,7 +63,7 @@ def transform():
 
 
 def _batches(make_loader, spec, transform, decode: str, steps: int) -> tuple[list[dict], dict]:
-    from data.loader import build_loader
+    from clip_pretrain.data.loader import build_loader
 
     cfg = DataConfig(train=spec, workers=0, shuffle_buffer=4, fast_decode=False, decode=decode)
     loader = build_loader(cfg, batch_size=4, preprocess=transform, tokenizer=lambda c: torch.zeros(len(c), 3), seed=5)
@@ -104,7 +104,7 @@ def test_a_different_crop_would_show(tmp_path, make_loader, transform):
 
 
 def _batches_raw(spec: str, transform, steps: int) -> list[dict]:
-    from data.loader import build_loader
+    from clip_pretrain.data.loader import build_loader
 
     cfg = DataConfig(train=spec, workers=0, shuffle_buffer=4, fast_decode=False, decode="gpu")
     loader = build_loader(cfg, batch_size=4, preprocess=transform, tokenizer=lambda c: torch.zeros(len(c), 3), seed=5)

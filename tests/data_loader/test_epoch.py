@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from data.loader import StreamPlan
-from data.shards import resolve_sources
+from clip_pretrain.data.loader import StreamPlan
+from clip_pretrain.data.shards import resolve_sources
 
 from tests.data_loader.loader_helpers import take, write_shards
 

@@ -1,5 +1,5 @@
 """Training reads img2dataset's output folder directly (counts from NNNNN_stats.json), and a data
-spec that does not resolve stops `python -m pretrain.train` in one line before DeepSpeed starts."""
+spec that does not resolve stops `python -m clip_pretrain.pretrain.train` in one line before DeepSpeed starts."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import pretrain.train as train_module
-from data.shards import resolve_spec
+import clip_pretrain.pretrain.train as train_module
+from clip_pretrain.data.shards import resolve_spec
 from tests.data_loader.loader_helpers import take
 from tests.img2dataset_layout import write_img2dataset
 
@@ -49,5 +49,5 @@ def test_train_cli_checks_the_data_spec_before_deepspeed(tmp_path: Path, monkeyp
                               f"run_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and err.startswith("error: data.train: "), err
-    assert str(tmp_path / "tars") in err and "python -m data.build --input" in err
+    assert str(tmp_path / "tars") in err and "python -m clip_pretrain.data.build --input" in err
     assert not (tmp_path / "run").exists()

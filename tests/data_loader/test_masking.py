@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from data.masking import IGNORE_INDEX, mask_tokens
+from clip_pretrain.data.masking import IGNORE_INDEX, mask_tokens
 from tests.data_loader.loader_helpers import take, write_shards
 
 SOT, EOT, PAD, VOCAB = 49406, 49407, 0, 49408

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data import tarstream
+from clip_pretrain.data import tarstream
 from tests.data_loader.loader_helpers import take, write_shards
 from tests.data_loader.shard_server import ShardServer
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import itertools
 
-from data.loader import SKIP, StreamPlan
-from data.shards import resolve_sources
+from clip_pretrain.data.loader import SKIP, StreamPlan
+from clip_pretrain.data.shards import resolve_sources
 from tests.data_loader.loader_helpers import take, write_shards
 
 

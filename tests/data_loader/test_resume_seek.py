@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.loader import SKIP, SlotStream, StreamPlan
-from data.shards import resolve_sources
+from clip_pretrain.data.loader import SKIP, SlotStream, StreamPlan
+from clip_pretrain.data.shards import resolve_sources
 from tests.data_loader.loader_helpers import take, write_shards
 
 SHARDS, PER_SHARD, BUFFER, BATCH = 64, 4, 16, 4

@@ -57,7 +57,7 @@ def test_all_shards_broken_fails_instead_of_hanging(tmp_path, make_loader, worke
 
 
 def test_all_images_corrupt_fails_instead_of_spinning(tmp_path, make_loader, monkeypatch):
-    monkeypatch.setattr("data.loader.MAX_CONSECUTIVE_SKIPS", 15)
+    monkeypatch.setattr("clip_pretrain.data.loader.MAX_CONSECUTIVE_SKIPS", 15)
     keys = [f"demot000_{i:04d}" for i in range(8)] + [f"demot001_{i:04d}" for i in range(8)]
     write_shards(tmp_path, [8, 8], corrupt_keys=keys)
     with pytest.raises(RuntimeError, match="15 samples in a row skipped"):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from data.loader import DataConfig
-from data.shards import resolve_sources, resolve_spec
+from clip_pretrain.data.loader import DataConfig
+from clip_pretrain.data.shards import resolve_sources, resolve_spec
 from tests.data_loader.loader_helpers import take, write_shards
 
 

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 HOLD_AN_ITERATOR = """
 import sys
 import open_clip
-from data.loader import DataConfig, build_loader
+from clip_pretrain.data.loader import DataConfig, build_loader
 loader = build_loader(DataConfig(train=sys.argv[1], workers=2, shuffle_buffer=4), batch_size=2,
                       preprocess=open_clip.image_transform(32, is_train=True),
                       tokenizer=open_clip.get_tokenizer("ViT-B-32"), seed=0)

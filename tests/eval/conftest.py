@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from eval.checkpoints import register_project_configs
+from clip_pretrain.eval.checkpoints import register_project_configs
 
 TINY = "eval-tiny-vit"  # eval/configs/eval-tiny-vit.json: ViT width 64, 2 layers, 32 px
 

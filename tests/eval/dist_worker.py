@@ -10,11 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from eval.checkpoints import load_checkpoint  # noqa: E402
-from eval.datasets import load_classification  # noqa: E402
-from eval.distributed import init_from_env  # noqa: E402
-from eval.features import extract_image_features  # noqa: E402
-from eval.run import run_suite  # noqa: E402
+from clip_pretrain.eval.checkpoints import load_checkpoint  # noqa: E402
+from clip_pretrain.eval.datasets import load_classification  # noqa: E402
+from clip_pretrain.eval.distributed import init_from_env  # noqa: E402
+from clip_pretrain.eval.features import extract_image_features  # noqa: E402
+from clip_pretrain.eval.run import run_suite  # noqa: E402
 
 
 class CountingEncoder:

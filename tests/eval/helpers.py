@@ -49,9 +49,9 @@ def write_shards(folder: Path, samples: list[dict], classnames: list[str]) -> Pa
 
 def run_one(encoder, task: str, data, *, batch_size: int = 64, workers: int = 0, **options) -> dict:
     """One task's record through the registry, as eval.run would produce it (no caching)."""
-    from eval.run import run_task
-    from eval.suite import COMMON_KEYS, TaskSpec
-    from eval.tasks.context import TaskContext
+    from clip_pretrain.eval.run import run_task
+    from clip_pretrain.eval.suite import COMMON_KEYS, TaskSpec
+    from clip_pretrain.eval.tasks.context import TaskContext
 
     common = {key: options.pop(key) for key in list(options) if key in COMMON_KEYS}
     spec = TaskSpec(name=str(data), task=task, data=data, options=options, **common)

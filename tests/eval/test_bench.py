@@ -1,11 +1,11 @@
-"""eval.bench runs the evaluation path end to end and prints one images/s row per setting."""
+"""clip_pretrain.eval.bench runs the evaluation path end to end and prints one images/s row per setting."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from eval import bench
+from clip_pretrain.eval import bench
 
 
 def test_bench_prints_a_row_per_precision_and_worker_count(capsys: pytest.CaptureFixture) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.checkpoints import load_checkpoint
-from eval.encoder import Encoder
+from clip_pretrain.eval.checkpoints import load_checkpoint
+from clip_pretrain.eval.encoder import Encoder
 
 KINDS = ["pt_with_config", "safetensors_with_config", "export_dir", "flat_config_safetensors", "model_name_and_file"]
 
@@ -88,7 +88,7 @@ def test_run_dir_dispatches_to_checkpoint_files(monkeypatch: pytest.MonkeyPatch,
     """The loader's side of the contract, with the checkpoint-files reader replaced by a stand-in."""
     import open_clip
 
-    from common import checkpoint_files
+    from clip_pretrain.common import checkpoint_files
 
     calls = []
     monkeypatch.setattr(checkpoint_files, "consolidated_state_dict",

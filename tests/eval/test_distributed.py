@@ -75,7 +75,7 @@ def test_two_ranks_equal_one_and_step_in_lockstep(checkpoints: dict, tmp_path: P
 
 def test_eval_run_cli_under_torchrun_matches_one_process(checkpoints: dict, tmp_path: Path) -> None:
     suite = suite_file(tmp_path)
-    base = ["-m", "eval.run", "--checkpoint", checkpoints["export_dir"][0], "--suite", str(suite),
+    base = ["-m", "clip_pretrain.eval.run", "--checkpoint", checkpoints["export_dir"][0], "--suite", str(suite),
             "--batch-size", "5", "--workers", "1", "--device", "cpu"]
     torchrun(1, base + ["--out", str(tmp_path / "one")])
     two = torchrun(2, base + ["--out", str(tmp_path / "two")])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval.datasets import load_classification, load_retrieval
+from clip_pretrain.eval.datasets import load_classification, load_retrieval
 from tests.eval.helpers import LookupEncoder, image_digest, run_one, write_benchmark_wds
 
 pytestmark = pytest.mark.shared_data

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.datasets import EvalDataset, coco_records
+from clip_pretrain.eval.datasets import EvalDataset, coco_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin"})
 
 
-@pytest.mark.parametrize("module", ["eval.zeroshot", "eval.retrieval"])
+@pytest.mark.parametrize("module", ["clip_pretrain.eval.zeroshot", "clip_pretrain.eval.retrieval"])
 def test_out_that_is_a_directory_is_refused_before_work(module, tmp_path):
     result = cli(module, "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path), "--out", str(tmp_path))
     assert result.returncode == 2
@@ -43,7 +43,7 @@ def test_out_that_is_a_directory_is_refused_before_work(module, tmp_path):
 def test_suite_out_that_is_a_file_is_refused_before_work(tmp_path):
     taken = tmp_path / "results"
     taken.write_text("not a folder")
-    result = cli("eval.run", "--checkpoint", str(tmp_path / "missing.pt"), "--suite", "eval/suites/demo.yaml",
+    result = cli("clip_pretrain.eval.run", "--checkpoint", str(tmp_path / "missing.pt"), "--suite", "eval/suites/demo.yaml",
                  "--out", str(taken))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: --out {taken} is a file"), result.stderr

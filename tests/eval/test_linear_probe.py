@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval import linear_probe as linear_probe_cli
-from eval.checkpoints import load_checkpoint
-from eval.probe import ProbeConfig, fewshot_rows, fit_logistic, holdout_split, linear_probe
+from clip_pretrain.eval import linear_probe as linear_probe_cli
+from clip_pretrain.eval.checkpoints import load_checkpoint
+from clip_pretrain.eval.probe import ProbeConfig, fewshot_rows, fit_logistic, holdout_split, linear_probe
 from tests.eval.helpers import run_one
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,9 +107,9 @@ def demo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    for args in (["-m", "data.demo", "--output", str(root / "shards"), "--num-train", "1536", "--num-val", "64",
+    for args in (["-m", "clip_pretrain.data.demo", "--output", str(root / "shards"), "--num-train", "1536", "--num-val", "64",
                   "--shard-size", "256", "--no-progress"],
-                 ["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={root / 'shards'}",
+                 ["-m", "clip_pretrain.pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={root / 'shards'}",
                   f"run_dir={root / 'run'}", "micro_batch=64", "total_samples=1536", "optim.lr=3e-3",
                   "checkpoint.every_steps=0", "checkpoint.export=true"]):
         result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval.metrics import classification_metrics, mean_per_class_recall, recall_at_k, retrieval_metrics, topk_accuracy
+from clip_pretrain.eval.metrics import classification_metrics, mean_per_class_recall, recall_at_k, retrieval_metrics, topk_accuracy
 
 
 def test_recall_single_positive_ranks() -> None:

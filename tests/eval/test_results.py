@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from eval import run
-from eval.results import benchmark_file_name, dumps, write_benchmark_files
+from clip_pretrain.eval import run
+from clip_pretrain.eval.results import benchmark_file_name, dumps, write_benchmark_files
 from tests.eval.helpers import write_shards
 
 # CLIP_benchmark's result object (clip_benchmark/cli.py `dump`), as a JSON Schema, with the metric

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import retrieval
-from eval.checkpoints import load_checkpoint
+from clip_pretrain.eval import retrieval
+from clip_pretrain.eval.checkpoints import load_checkpoint
 from tests.eval.helpers import run_one, write_shards
 
 NUM_ITEMS = 12

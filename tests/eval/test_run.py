@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval import run
-from eval.checkpoints import load_checkpoint
-from eval.results import markdown_table
-from eval.suite import load_suite, parse_suite
-from eval.tasks import context
+from clip_pretrain.eval import run
+from clip_pretrain.eval.checkpoints import load_checkpoint
+from clip_pretrain.eval.results import markdown_table
+from clip_pretrain.eval.suite import load_suite, parse_suite
+from clip_pretrain.eval.tasks import context
 from tests.eval.dist_worker import CountingEncoder  # counts image and text forwards
 from tests.eval.helpers import write_shards
 
@@ -157,7 +157,7 @@ def test_shared_data_suite_as_shipped(checkpoints: dict, shared_data: Path, tmp_
 
 
 def test_demo_suite_runs_on_demo_shards(checkpoints: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from data.demo import generate_demo
+    from clip_pretrain.data.demo import generate_demo
 
     monkeypatch.chdir(tmp_path)  # demo.yaml paths are relative to the working directory
     generate_demo("demo_out/shards", num_train=4, num_val=12, shard_size=50, progress=False)

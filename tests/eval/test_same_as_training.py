@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data.images import ImageOptions, SkipImage, process_image
-from data.loader import SampleDecoder, SkipSample
-from data.shards import resolve_spec
-from eval.datasets import expand_shards, load_retrieval, open_bytes
-from eval.features import DECODE_ERRORS
+from clip_pretrain.data.images import ImageOptions, SkipImage, process_image
+from clip_pretrain.data.loader import SampleDecoder, SkipSample
+from clip_pretrain.data.shards import resolve_spec
+from clip_pretrain.eval.datasets import expand_shards, load_retrieval, open_bytes
+from clip_pretrain.eval.features import DECODE_ERRORS
 from tests.data_loader.loader_helpers import write_shards
 from tests.img2dataset_layout import write_img2dataset
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from eval import zeroshot
-from eval.datasets import load_classification, load_retrieval
+from clip_pretrain.eval import zeroshot
+from clip_pretrain.eval.datasets import load_classification, load_retrieval
 from tests.eval.helpers import add_tar_member, jpeg_bytes
 
 
 def two_split_shards(folder: Path) -> Path:
-    """data.build's layout with a train shard (4 samples) and a val shard (2 samples)."""
+    """clip_pretrain.data.build's layout with a train shard (4 samples) and a val shard (2 samples)."""
     folder.mkdir(parents=True)
     shards = []
     for split, count in (("train", 4), ("val", 2)):

@@ -28,7 +28,7 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_zero3_two_rank_eval_equals_one_process_eval_of_the_export(tmp_path: Path) -> None:
     shards = tmp_path / "shards"
-    run(["-m", "data.demo", "--output", str(shards), "--num-train", "64", "--num-val", "21", "--shard-size", "16",
+    run(["-m", "clip_pretrain.data.demo", "--output", str(shards), "--num-train", "64", "--num-val", "21", "--shard-size", "16",
          "--no-progress"])
     suite = tmp_path / "suite.yaml"
     suite.write_text(json.dumps({"tasks": [
@@ -37,14 +37,14 @@ def test_zero3_two_rank_eval_equals_one_process_eval_of_the_export(tmp_path: Pat
         {"name": "rt", "task": "zeroshot_retrieval", "data": f"{shards}::val"},
     ]}))
     run_dir = tmp_path / "run"
-    train = run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "pretrain.train",
+    train = run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "clip_pretrain.pretrain.train",
                  "--config", "pretrain/configs/smoke.yaml", f"data.train={shards}::train", f"run_dir={run_dir}",
                  "zero.stage=3", "micro_batch=8", "total_samples=32", "checkpoint.every_steps=0",
                  "checkpoint.export=true", f"eval.suite={suite}", "eval.batch_size=4"])
     assert "evaluating 'val'" in train.stdout
     [step_file] = sorted((run_dir / "eval").glob("step_*.json"))
     during = json.loads(step_file.read_text())
-    run(["-m", "eval.run", "--checkpoint", str(run_dir / "export"), "--suite", str(suite), "--out", str(tmp_path / "after"),
+    run(["-m", "clip_pretrain.eval.run", "--checkpoint", str(run_dir / "export"), "--suite", str(suite), "--out", str(tmp_path / "after"),
          "--device", "cpu", "--workers", "0", "--batch-size", "5"])
     after = json.loads((tmp_path / "after" / "results.json").read_text())
     for a, b in zip(during, after):

@@ -12,9 +12,9 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from eval import zeroshot
-from eval.checkpoints import load_checkpoint
-from eval.prompts import load_classnames, load_templates
+from clip_pretrain.eval import zeroshot
+from clip_pretrain.eval.checkpoints import load_checkpoint
+from clip_pretrain.eval.prompts import load_classnames, load_templates
 from tests.eval.helpers import cifar_subset_csv, run_one, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ def test_bad_inputs_are_one_line_errors(checkpoints: dict, tmp_path: Path, image
 
 @pytest.mark.slow
 def test_cli_prints_error_and_exits_2(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "eval.zeroshot", "--checkpoint", str(tmp_path / "nope.bin"),
+    result = subprocess.run([sys.executable, "-m", "clip_pretrain.eval.zeroshot", "--checkpoint", str(tmp_path / "nope.bin"),
                              "--data", str(tmp_path), "--out", str(tmp_path / "r.json")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

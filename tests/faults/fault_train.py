@@ -54,6 +54,6 @@ def install() -> None:
 
 if __name__ == "__main__":
     install()
-    from pretrain.train import main
+    from clip_pretrain.pretrain.train import main
 
     sys.exit(main(sys.argv[1:]))

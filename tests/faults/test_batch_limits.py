@@ -31,7 +31,7 @@ def test_micro_batch_larger_than_unknown_size_dataset_runs_across_epochs(tmp_pat
 
 
 def test_more_ranks_than_shards_in_epoch_mode_is_one_line(tmp_path, demo_shards):
-    result = run([*TORCHRUN, "--nproc_per_node=2", "-m", "pretrain.train", *SMOKE,
+    result = run([*TORCHRUN, "--nproc_per_node=2", "-m", "clip_pretrain.pretrain.train", *SMOKE,
                   f"data.train={demo_shards / 'demo-train-000000.tar'}", f"run_dir={tmp_path / 'run'}"])
     assert result.returncode != 0
     lines = error_lines(result.stderr)

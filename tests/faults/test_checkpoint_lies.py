@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoint_files import COMPLETE, LATEST, SUPERSEDED, CheckpointError, check_weights_file, latest_tag, resolve_checkpoint_dir
-from pretrain.checkpoint import Checkpointer
-from pretrain.distributed import DistContext
+from clip_pretrain.common.checkpoint_files import COMPLETE, LATEST, SUPERSEDED, CheckpointError, check_weights_file, latest_tag, resolve_checkpoint_dir
+from clip_pretrain.pretrain.checkpoint import Checkpointer
+from clip_pretrain.pretrain.distributed import DistContext
 
 ONE_PROCESS = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo",
                           launcher="none")
@@ -147,8 +147,8 @@ def test_plain_state_dicts_are_accepted(tmp_path):
 def test_model_config_with_absurd_sizes_is_refused(change, expected, tmp_path):
     import open_clip
 
-    import pretrain.model  # noqa: F401 - registers clip-tiny
-    from common.checkpoint_files import MODEL_CONFIG, read_model_config
+    import clip_pretrain.pretrain.model  # noqa: F401 - registers clip-tiny
+    from clip_pretrain.common.checkpoint_files import MODEL_CONFIG, read_model_config
 
     model_cfg = json.loads(json.dumps(open_clip.get_model_config("clip-tiny")))
     (tmp_path / MODEL_CONFIG).write_text(json.dumps({"model_name": "clip-tiny", "model_cfg": model_cfg}))
@@ -164,7 +164,7 @@ def test_model_config_with_absurd_sizes_is_refused(change, expected, tmp_path):
 
 
 def test_corrupt_pretrained_file_is_one_line_before_any_work(tmp_path, capsys):
-    from pretrain.train import main
+    from clip_pretrain.pretrain.train import main
 
     bad = _write("pickled_payload", tmp_path / "weights.pt")
     code = main(["--config", "pretrain/configs/smoke.yaml", f"run_dir={tmp_path / 'run'}", f"model.pretrained={bad}"])
@@ -176,8 +176,8 @@ def test_corrupt_pretrained_file_is_one_line_before_any_work(tmp_path, capsys):
 @pytest.mark.parametrize("client_state", [{}, {"train_state": {"step": 3}, "ranks": []},
                                           {"train_state": {"step": 3}, "ranks": [{"loader": {}}]}])
 def test_checkpoint_without_a_training_state_is_refused_in_one_line(client_state, tmp_path):
-    from pretrain.state import TrainState
-    from pretrain.train import restore
+    from clip_pretrain.pretrain.state import TrainState
+    from clip_pretrain.pretrain.train import restore
 
     class Loaded:
         dir = tmp_path
@@ -198,7 +198,7 @@ def test_checkpoint_without_a_training_state_is_refused_in_one_line(client_state
 @pytest.mark.parametrize("payload", ["tensor_subclass", "pickled_payload"])
 def test_checkpoint_files_with_tensor_subclasses_or_payloads_are_refused(payload, tmp_path):
     """Already refused before issue #17 (weights_only loading); kept as a regression test."""
-    from common.checkpoint_files import consolidated_state_dict
+    from clip_pretrain.common.checkpoint_files import consolidated_state_dict
 
     step = fake_checkpoint(tmp_path / "run" / "checkpoints", 3, "x")
     module = {"w": torch.ones(2).as_subclass(TensorSubclass)} if payload == "tensor_subclass" else {"x": Payload()}

@@ -20,7 +20,7 @@ def test_changed_resume_config_is_refused_untouched(nproc, override, expected, t
     run_dir = tmp_path / "run"
     shutil.copytree(reference_run, run_dir)
     before = fingerprint(run_dir / "checkpoints")
-    cmd = [*TORCHRUN, f"--nproc_per_node={nproc}", "-m", "pretrain.train"] if nproc else None
+    cmd = [*TORCHRUN, f"--nproc_per_node={nproc}", "-m", "clip_pretrain.pretrain.train"] if nproc else None
     args = [*SMOKE, f"data.train={demo_shards}", f"run_dir={run_dir}", "total_samples=144", override, "--resume", "auto"]
     result = run(cmd + args if cmd else command(0, demo_shards, run_dir, *args[2:]), timeout=240)
     assert result.returncode != 0

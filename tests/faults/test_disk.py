@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from common.checkpoint_files import COMPLETE, LATEST, CheckpointError, consolidated_state_dict, latest_tag
-from pretrain.config import load_config
-from pretrain.distributed import DistContext
-from pretrain.setup import prepare_run_dir
+from clip_pretrain.common.checkpoint_files import COMPLETE, LATEST, CheckpointError, consolidated_state_dict, latest_tag
+from clip_pretrain.pretrain.config import load_config
+from clip_pretrain.pretrain.distributed import DistContext
+from clip_pretrain.pretrain.setup import prepare_run_dir
 from tests.faults.helpers import command, error_lines, run
 
 pytestmark = pytest.mark.slow

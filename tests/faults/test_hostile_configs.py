@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.config import ConfigError, load_config
-from pretrain.train import main
+from clip_pretrain.pretrain.config import ConfigError, load_config
+from clip_pretrain.pretrain.train import main
 
 BASE = "data:\n  train: shards/\n"
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from common.checkpoint_files import COMPLETE, LATEST, consolidated_state_dict, latest_tag
+from clip_pretrain.common.checkpoint_files import COMPLETE, LATEST, consolidated_state_dict, latest_tag
 from tests.faults.helpers import (alive, check, command, kill_group, logged_steps, metrics_after, process_tree, run,
                                   start, wait_for)
 from tests.pretrain.runner import read_metrics

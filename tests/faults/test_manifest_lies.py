@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data.shards import resolve_spec
+from clip_pretrain.data.shards import resolve_spec
 
 
 @pytest.fixture

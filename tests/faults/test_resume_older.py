@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.checkpoint_files import SUPERSEDED, latest_tag
+from clip_pretrain.common.checkpoint_files import SUPERSEDED, latest_tag
 from tests.faults.helpers import check, command, run
 
 pytestmark = pytest.mark.slow

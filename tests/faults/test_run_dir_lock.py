@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoint_files import CheckpointError
-from pretrain.config import load_config
-from pretrain.distributed import DistContext
-from pretrain.setup import RUN_LOCK, prepare_run_dir
+from clip_pretrain.common.checkpoint_files import CheckpointError
+from clip_pretrain.pretrain.config import load_config
+from clip_pretrain.pretrain.distributed import DistContext
+from clip_pretrain.pretrain.setup import RUN_LOCK, prepare_run_dir
 
 ONE_PROCESS = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo",
                           launcher="none")
 HOLD = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from pretrain.setup import prepare_run_dir
-from pretrain.config import load_config
+from clip_pretrain.pretrain.setup import prepare_run_dir
+from clip_pretrain.pretrain.config import load_config
 from tests.faults.test_run_dir_lock import ONE_PROCESS
 prepare_run_dir(load_config("pretrain/configs/smoke.yaml", ["run_dir={run_dir}"]), ONE_PROCESS)
 print("holding", flush=True)

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from pretrain import train
-from common.checkpoint_files import COMPLETE, latest_tag
+from clip_pretrain.pretrain import train
+from clip_pretrain.common.checkpoint_files import COMPLETE, latest_tag
 from tests.faults.helpers import command, kill_group, logged_steps, start, wait_for
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""launch.entrypoint: the Docker image's subcommand dispatch, tested as a pure function."""
+"""clip_pretrain.launch.entrypoint: the Docker image's subcommand dispatch, tested as a pure function."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.entrypoint import USAGE, command_for
+from clip_pretrain.launch.entrypoint import USAGE, command_for
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"PYTHON": "python", "APP_DIR": "/opt/clip"}
@@ -24,10 +24,10 @@ def test_pretrain_goes_through_torchrun_by_default() -> None:
 def test_pretrain_runs_one_rank_directly_under_an_outer_launcher() -> None:
     environ = {**ENV, "RANK": "3", "WORLD_SIZE": "8"}
     assert command_for(["pretrain", "c.yaml", "a=1"], environ) == [
-        "python", "-m", "pretrain.train", "--config", "c.yaml", "a=1",
+        "python", "-m", "clip_pretrain.pretrain.train", "--config", "c.yaml", "a=1",
     ]
     forced = command_for(["pretrain", "c.yaml"], {**ENV, "PRETRAIN_LAUNCHER": "python"})
-    assert forced[:3] == ["python", "-m", "pretrain.train"]
+    assert forced[:3] == ["python", "-m", "clip_pretrain.pretrain.train"]
 
 
 def test_default_app_dir_is_this_checkout() -> None:
@@ -37,14 +37,14 @@ def test_default_app_dir_is_this_checkout() -> None:
 @pytest.mark.parametrize(
     ("argv", "module"),
     [
-        (["eval", "--checkpoint", "runs/x", "--suite", "s.yaml"], "eval.run"),
-        (["eval", "run", "--checkpoint", "runs/x"], "eval.run"),
-        (["eval", "zeroshot", "--checkpoint", "runs/x"], "eval.zeroshot"),
-        (["eval", "retrieval", "--checkpoint", "runs/x"], "eval.retrieval"),
-        (["data", "--source", "x.jsonl"], "data.build"),
-        (["data", "build", "--source", "x.jsonl"], "data.build"),
-        (["data", "demo", "--out", "d"], "data.demo"),
-        (["demo", "--out", "d"], "data.demo"),
+        (["eval", "--checkpoint", "runs/x", "--suite", "s.yaml"], "clip_pretrain.eval.run"),
+        (["eval", "run", "--checkpoint", "runs/x"], "clip_pretrain.eval.run"),
+        (["eval", "zeroshot", "--checkpoint", "runs/x"], "clip_pretrain.eval.zeroshot"),
+        (["eval", "retrieval", "--checkpoint", "runs/x"], "clip_pretrain.eval.retrieval"),
+        (["data", "--source", "x.jsonl"], "clip_pretrain.data.build"),
+        (["data", "build", "--source", "x.jsonl"], "clip_pretrain.data.build"),
+        (["data", "demo", "--out", "d"], "clip_pretrain.data.demo"),
+        (["demo", "--out", "d"], "clip_pretrain.data.demo"),
     ],
 )
 def test_python_tools(argv: list[str], module: str) -> None:

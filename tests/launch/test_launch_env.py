@@ -1,4 +1,4 @@
-"""launch.env: launcher environments -> DistEnv, with simulated torchrun / srun environments."""
+"""clip_pretrain.launch.env: launcher environments -> DistEnv, with simulated torchrun / srun environments."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.env import (
+from clip_pretrain.launch.env import (
     DistEnv,
     apply_dist_env,
     expand_hostlist,
@@ -183,10 +183,10 @@ def test_dataclass_rejects_impossible_ranks() -> None:
 
 def test_cli_prints_json_and_reports_errors() -> None:
     base = {"PATH": "/usr/bin:/bin"}
-    ok = subprocess.run([sys.executable, "-m", "launch.env"], cwd=REPO, env={**base, **srun_task(1, 1, 0)},
+    ok = subprocess.run([sys.executable, "-m", "clip_pretrain.launch.env"], cwd=REPO, env={**base, **srun_task(1, 1, 0)},
                         capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["rank"] == 1
-    bad = subprocess.run([sys.executable, "-m", "launch.env"], cwd=REPO, env={**base, "RANK": "1", "WORLD_SIZE": "1"},
+    bad = subprocess.run([sys.executable, "-m", "clip_pretrain.launch.env"], cwd=REPO, env={**base, "RANK": "1", "WORLD_SIZE": "1"},
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: RANK:")

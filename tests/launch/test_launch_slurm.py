@@ -21,7 +21,7 @@ FAKE_TRAIN = textwrap.dedent(
     import argparse, json, os, signal, sys, time
     from pathlib import Path
     import torch.distributed as dist
-    from launch.env import resolve_dist_env
+    from clip_pretrain.launch.env import resolve_dist_env
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
@@ -48,7 +48,7 @@ FAKE_TRAIN = textwrap.dedent(
 
 
 def test_srun_tasks_map_to_ranks(slurm_cluster: Any) -> None:
-    done = slurm_cluster.run("srun", "-N1", "-n2", sys.executable, "-m", "launch.env")
+    done = slurm_cluster.run("srun", "-N1", "-n2", sys.executable, "-m", "clip_pretrain.launch.env")
     assert done.returncode == 0, done.stderr
     envs = sorted((json.loads(line) for line in done.stdout.splitlines()), key=lambda e: e["rank"])
     assert [(e["rank"], e["local_rank"], e["world_size"], e["launcher"]) for e in envs] == [
@@ -103,7 +103,7 @@ def test_eval_sbatch_runs_one_step_per_suite(slurm_cluster: Any, tmp_path: Path)
     assert submitted.returncode == 0, submitted.stderr + (tmp_path / "eval.out").read_text()
     commands = sorted(p.read_text().split() for p in tmp_path.glob("eval-*"))
     assert commands == [
-        ["-m", "eval.run", "--checkpoint", str(tmp_path / "ckpt"), "--suite", str(s),
+        ["-m", "clip_pretrain.eval.run", "--checkpoint", str(tmp_path / "ckpt"), "--suite", str(s),
          "--out", str(tmp_path / "out" / s.stem), "--batch-size", "8"]  # one results folder per suite
         for s in suites
     ]

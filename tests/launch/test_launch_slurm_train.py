@@ -56,7 +56,7 @@ def restart_segment(log: str, job: str, restart: int) -> str:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("slurm-shards") / "shards"
-    done = subprocess.run([sys.executable, "-m", "data.demo", "--output", str(out), "--num-train", "320",
+    done = subprocess.run([sys.executable, "-m", "clip_pretrain.data.demo", "--output", str(out), "--num-train", "320",
                            "--num-val", "96", "--shard-size", "40"], cwd=REPO, capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr

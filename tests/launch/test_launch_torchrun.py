@@ -21,7 +21,7 @@ FAKE_TRAIN = textwrap.dedent(
     import argparse, json, os, signal, sys, time
     from pathlib import Path
     import torch.distributed as dist
-    from launch.env import resolve_dist_env
+    from clip_pretrain.launch.env import resolve_dist_env
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.losses import LossConfig
-from pretrain.model import DualEncoder, ModelConfig, build_model
+from clip_pretrain.pretrain.losses import LossConfig
+from clip_pretrain.pretrain.model import DualEncoder, ModelConfig, build_model
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from data.masking import mask_tokens as loader_mask_tokens
+from clip_pretrain.data.masking import mask_tokens as loader_mask_tokens
 
 
 def mask_tokens(

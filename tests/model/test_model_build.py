@@ -7,9 +7,9 @@ import open_clip
 import pytest
 import torch
 
-from pretrain.losses import LossConfig, compute_objective
+from clip_pretrain.pretrain.losses import LossConfig, compute_objective
 from tests.model.masking import mask_tokens
-from pretrain.model import SHIPPED_CONFIGS, ModelConfig, build_model, main, parameter_counts
+from clip_pretrain.pretrain.model import SHIPPED_CONFIGS, ModelConfig, build_model, main, parameter_counts
 
 
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)

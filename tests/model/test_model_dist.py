@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from pretrain.losses import clip_loss, siglip_loss
+from clip_pretrain.pretrain.losses import clip_loss, siglip_loss
 
 PER_RANK, DIM = 3, 8
 CASES = ("clip_gather", "clip_local", "siglip")

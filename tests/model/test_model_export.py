@@ -8,8 +8,8 @@ import open_clip
 import pytest
 import torch
 
-from pretrain.losses import LossConfig
-from pretrain.model import ModelConfig, build_model
+from clip_pretrain.pretrain.losses import LossConfig
+from clip_pretrain.pretrain.model import ModelConfig, build_model
 
 
 def batch(name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from pretrain.losses import LossConfig, clip_loss, compute_objective, mlm_loss, param_groups, siglip_loss
+from clip_pretrain.pretrain.losses import LossConfig, clip_loss, compute_objective, mlm_loss, param_groups, siglip_loss
 
 
 def unit_features(batch: int, dim: int, seed: int) -> torch.Tensor:

@@ -9,10 +9,10 @@ import open_clip
 import pytest
 import torch
 
-from pretrain.losses import LossConfig, mlm_loss
-from pretrain.mlm import key_padding_mask
+from clip_pretrain.pretrain.losses import LossConfig, mlm_loss
+from clip_pretrain.pretrain.mlm import key_padding_mask
 from tests.model.masking import mask_tokens
-from pretrain.model import ModelConfig, build_model
+from clip_pretrain.pretrain.model import ModelConfig, build_model
 
 COLOURS = ["red", "blue", "green", "white", "black", "yellow"]
 THINGS = [("dog", "grass"), ("cat", "sofa"), ("car", "street"), ("boat", "lake"), ("bird", "tree")]

@@ -3,8 +3,8 @@
 import open_clip
 import torch
 
-from pretrain.losses import LossConfig, compute_objective
-from pretrain.model import ModelConfig, build_model
+from clip_pretrain.pretrain.losses import LossConfig, compute_objective
+from clip_pretrain.pretrain.model import ModelConfig, build_model
 from tests.model.masking import mask_tokens
 
 

@@ -15,9 +15,9 @@ SCRIPT = """
 import torch
 torch.set_num_threads(1)
 import deepspeed, open_clip
-from pretrain.losses import LossConfig, compute_objective, param_groups
+from clip_pretrain.pretrain.losses import LossConfig, compute_objective, param_groups
 from tests.model.masking import mask_tokens
-from pretrain.model import ModelConfig, build_model
+from clip_pretrain.pretrain.model import ModelConfig, build_model
 loss_cfg = LossConfig(kind="siglip", mlm_weight=0.2)
 torch.manual_seed(0)
 model, plain = (build_model(ModelConfig(name="clip-tiny"), loss_cfg) for _ in range(2))

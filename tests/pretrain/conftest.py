@@ -13,5 +13,5 @@ from tests.pretrain.runner import run_module
 def demo_shards(tmp_path_factory) -> Path:
     """Small generated shapes shards (train + val split with class labels)."""
     out = tmp_path_factory.mktemp("demo") / "shards"
-    run_module(["-m", "data.demo", "--output", str(out), "--num-train", "320", "--num-val", "96", "--shard-size", "40"])
+    run_module(["-m", "clip_pretrain.data.demo", "--output", str(out), "--num-train", "320", "--num-val", "96", "--shard-size", "40"])
     return out

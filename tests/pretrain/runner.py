@@ -24,7 +24,7 @@ def run_module(args: list[str], *, timeout: int = 300, env: dict[str, str] | Non
 
 def torchrun(nproc: int, train_args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return run_module(
-        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pretrain.train", *train_args],
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "clip_pretrain.pretrain.train", *train_args],
         **kwargs,
     )
 

@@ -65,12 +65,12 @@ def _short(filename: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from data.device import DeviceBatches
-    from pretrain.config import load_config
-    from pretrain.distributed import init_distributed, shutdown
-    from pretrain.setup import build_everything, prepare_run_dir
-    from pretrain.state import seed_everything
-    from pretrain.step import StepMetrics, train_step
+    from clip_pretrain.data.device import DeviceBatches
+    from clip_pretrain.pretrain.config import load_config
+    from clip_pretrain.pretrain.distributed import init_distributed, shutdown
+    from clip_pretrain.pretrain.setup import build_everything, prepare_run_dir
+    from clip_pretrain.pretrain.state import seed_everything
+    from clip_pretrain.pretrain.step import StepMetrics, train_step
 
     cfg = load_config(argv[0], argv[1:])
     dist = init_distributed()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pretrain.config import ConfigError, TrainConfig, dump_config, load_config
-from pretrain.engine import deepspeed_config, lr_lambda
+from clip_pretrain.pretrain.config import ConfigError, TrainConfig, dump_config, load_config
+from clip_pretrain.pretrain.engine import deepspeed_config, lr_lambda
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "pretrain" / "configs").glob("*.yaml"))
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pretrain import train
-from pretrain.config import ConfigError, TrainConfig, load_config
+from clip_pretrain.pretrain import train
+from clip_pretrain.pretrain.config import ConfigError, TrainConfig, load_config
 
 
 @pytest.fixture(autouse=True)

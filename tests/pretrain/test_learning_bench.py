@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import learning_bench as bench
-from eval.checkpoints import load_checkpoint, register_project_configs
+from clip_pretrain.eval.checkpoints import load_checkpoint, register_project_configs
 from tests.pretrain.runner import run_module
 
 

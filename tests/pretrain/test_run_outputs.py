@@ -20,7 +20,7 @@ def siglip_run(demo_shards, tmp_path_factory) -> Path:
     suite = root / "suite.yaml"
     suite.write_text((REPO / "eval" / "suites" / "demo.yaml").read_text().replace("demo_out/shards", str(demo_shards)))
     run_dir = root / "run"
-    run_module(["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
+    run_module(["-m", "clip_pretrain.pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
                 f"run_dir={run_dir}", "total_samples=48", "zero.stage=0", "loss.kind=siglip", "checkpoint.every_steps=0",
                 f"eval.suite={suite}", "eval.every_steps=2", "logging.backends=[jsonl, tensorboard]"])
     return run_dir
@@ -28,9 +28,9 @@ def siglip_run(demo_shards, tmp_path_factory) -> Path:
 
 def trained_features(run_dir: Path, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
     """The trained DualEncoder itself, rebuilt from its DeepSpeed checkpoint (not through the export)."""
-    from common.checkpoint_files import _full_state_dict, resolve_checkpoint_dir
-    from pretrain.losses import LossConfig
-    from pretrain.model import ModelConfig, build_model
+    from clip_pretrain.common.checkpoint_files import _full_state_dict, resolve_checkpoint_dir
+    from clip_pretrain.pretrain.losses import LossConfig
+    from clip_pretrain.pretrain.model import ModelConfig, build_model
 
     model = build_model(ModelConfig(name="clip-tiny"), LossConfig(kind="siglip")).eval()
     model.load_state_dict(_full_state_dict(resolve_checkpoint_dir(run_dir)))
@@ -60,7 +60,7 @@ def test_export_folder_loads_as_open_clip_local_dir(siglip_run: Path) -> None:
 @pytest.mark.slow
 def test_hub_folder_loads_and_carries_a_model_card(siglip_run: Path, tmp_path: Path) -> None:
     hub = tmp_path / "hub"
-    result = run_module(["-m", "pretrain.export_hub", str(siglip_run), str(hub)])
+    result = run_module(["-m", "clip_pretrain.pretrain.export_hub", str(siglip_run), str(hub)])
     assert "local-dir:" in result.stdout
     assert sorted(p.name for p in hub.iterdir()) == ["README.md", "open_clip_config.json", "open_clip_model.safetensors"]
     assert_same_model(hub, siglip_run)
@@ -69,7 +69,7 @@ def test_hub_folder_loads_and_carries_a_model_card(siglip_run: Path, tmp_path: P
     assert "kind: siglip" in card  # the training config
     assert "| demo-val-retrieval | zeroshot_retrieval |" in card and "text_retrieval_recall@1=" in card  # eval results
     assert json.loads((hub / "open_clip_config.json").read_text())["model_cfg"]["init_logit_bias"] is not None
-    from eval.checkpoints import load_checkpoint  # eval reads the Hub folder as it reads an export
+    from clip_pretrain.eval.checkpoints import load_checkpoint  # eval reads the Hub folder as it reads an export
 
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     features = trained_features(siglip_run, images, open_clip.get_tokenizer("clip-tiny")(["a", "b"]))["image_features"]
@@ -81,7 +81,7 @@ def test_hub_folder_from_an_export_whose_config_lacks_init_logit_bias(siglip_run
     """An older SigLIP export: open_clip would build no logit_bias for its weights; the Hub folder adds it."""
     import shutil
 
-    from pretrain.export_hub import export_hub
+    from clip_pretrain.pretrain.export_hub import export_hub
 
     run_dir = tmp_path / "run"
     shutil.copytree(siglip_run, run_dir)
@@ -99,14 +99,14 @@ def test_hub_folder_from_a_run_without_export(siglip_run: Path, tmp_path: Path) 
 
     run_dir = tmp_path / "run"
     shutil.copytree(siglip_run, run_dir, ignore=shutil.ignore_patterns("export"))
-    from pretrain.export_hub import export_hub
+    from clip_pretrain.pretrain.export_hub import export_hub
 
     hub = export_hub(run_dir, tmp_path / "hub")
     assert_same_model(hub, run_dir)
 
 
 def test_hub_folder_from_nothing_is_one_line(tmp_path: Path) -> None:
-    result = run_module(["-m", "pretrain.export_hub", str(tmp_path), str(tmp_path / "hub")], check=False)
+    result = run_module(["-m", "clip_pretrain.pretrain.export_hub", str(tmp_path), str(tmp_path / "hub")], check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
 
 
@@ -114,9 +114,9 @@ def test_hub_folder_from_nothing_is_one_line(tmp_path: Path) -> None:
 def test_report_renders_from_the_run_dir(siglip_run: Path, tmp_path: Path) -> None:
     from PIL import Image, ImageStat
 
-    from pretrain.report import find_images, last_eval
+    from clip_pretrain.pretrain.report import find_images, last_eval
 
-    result = run_module(["-m", "pretrain.report", str(siglip_run), "--out", str(tmp_path / "report")])
+    result = run_module(["-m", "clip_pretrain.pretrain.report", str(siglip_run), "--out", str(tmp_path / "report")])
     png = tmp_path / "report" / "report.png"
     assert f"wrote {png}" in result.stdout
     image = Image.open(png)
@@ -143,7 +143,7 @@ def test_training_run_writes_tensorboard_events(siglip_run: Path) -> None:
 def test_report_reads_one_history_across_resumes(tmp_path: Path) -> None:
     import matplotlib
 
-    from pretrain.report import read_metrics, render
+    from clip_pretrain.pretrain.report import read_metrics, render
 
     lines = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)] + [{"event": "resume", "step": 2}, {"step": 3, "loss": 0.2}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -153,5 +153,5 @@ def test_report_reads_one_history_across_resumes(tmp_path: Path) -> None:
 
 
 def test_report_without_metrics_is_one_line(tmp_path: Path) -> None:
-    result = run_module(["-m", "pretrain.report", str(tmp_path)], check=False)
+    result = run_module(["-m", "clip_pretrain.pretrain.report", str(tmp_path)], check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "metrics.jsonl not found" in result.stderr

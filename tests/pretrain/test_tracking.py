@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.config import ConfigError, load_config
-from pretrain.tracking import Tracker
+from clip_pretrain.pretrain.config import ConfigError, load_config
+from clip_pretrain.pretrain.tracking import Tracker
 
 
 class FakeRun:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_compiled_towers_match_eager(demo_shards, tmp_path):
-    args = ["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
+    args = ["-m", "clip_pretrain.pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
             "total_samples=32", "checkpoint.every_steps=0", "zero.stage=2"]
     losses = {}
     for compiled in (False, True):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common.checkpoint_files import COMPLETE, LATEST, latest_tag
+from clip_pretrain.common.checkpoint_files import COMPLETE, LATEST, latest_tag
 from tests.pretrain.runner import REPO, read_metrics, run_module
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ SMOKE = ["--config", "pretrain/configs/smoke.yaml"]
 
 
 def train(run_dir: Path, shards: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run_module(["-m", "pretrain.train", *SMOKE, f"data.train={shards}", f"run_dir={run_dir}", *extra], check=check)
+    return run_module(["-m", "clip_pretrain.pretrain.train", *SMOKE, f"data.train={shards}", f"run_dir={run_dir}", *extra], check=check)
 
 
 def fingerprint(directory: Path) -> dict[str, str]:
@@ -42,7 +42,7 @@ def test_bad_config_is_one_line_before_any_work(tmp_path):
         ([*SMOKE, "micro_batch=0"], "config key micro_batch"),
         ([*SMOKE, "optim.betas=1"], "config key optim.betas: unknown key"),
     ]:
-        result = run_module(["-m", "pretrain.train", *args], check=False)
+        result = run_module(["-m", "clip_pretrain.pretrain.train", *args], check=False)
         assert result.returncode == 2, result.stderr[-2000:]
         assert expected in error_line(result)
 
@@ -91,7 +91,7 @@ def test_malicious_pickle_in_checkpoint_is_refused(tmp_path, demo_shards):
     result = train(run_dir, demo_shards, "total_samples=48", "--resume", "auto", check=False)
     assert result.returncode == 1 and "refusing to load" in error_line(result)
     assert not marker.exists()
-    from common.checkpoint_files import CheckpointError, consolidated_state_dict
+    from clip_pretrain.common.checkpoint_files import CheckpointError, consolidated_state_dict
 
     with pytest.raises(CheckpointError, match="refusing to load"):
         consolidated_state_dict(run_dir)
@@ -115,7 +115,7 @@ def test_preemption_signal_saves_and_requeued_run_resumes(tmp_path, demo_shards)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
-        "-m", "pretrain.train", *SMOKE, f"data.train={demo_shards}", f"run_dir={run_dir}",
+        "-m", "clip_pretrain.pretrain.train", *SMOKE, f"data.train={demo_shards}", f"run_dir={run_dir}",
         "total_samples=100000", "checkpoint.every_steps=0",
     ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -137,7 +137,7 @@ def test_preemption_signal_saves_and_requeued_run_resumes(tmp_path, demo_shards)
     saved_step = int(tag.split("_")[1])
     assert saved_step >= 2 and "preemption signal" in output
 
-    torchrun_args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pretrain.train"]
+    torchrun_args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clip_pretrain.pretrain.train"]
     run_module([*torchrun_args, *SMOKE, f"data.train={demo_shards}", f"run_dir={run_dir}",
                 f"total_samples={16 * (saved_step + 2)}", "checkpoint.every_steps=0", "--resume", "auto"])
     steps = [m["step"] for m in read_metrics(run_dir)]
@@ -152,7 +152,7 @@ def test_nonfinite_updates_are_skipped_not_applied(stage, tmp_path, demo_shards)
     checkpoint stay finite and the run stops after max_nonfinite_steps skips in a row."""
     import torch
 
-    from common.checkpoint_files import consolidated_state_dict
+    from clip_pretrain.common.checkpoint_files import consolidated_state_dict
 
     run_dir = tmp_path / "run"
     result = train(run_dir, demo_shards, "optim.lr=1e30", "optim.grad_clip=0", "checkpoint.every_steps=1",

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_zero_shot_accuracy_far_above_chance(tmp_path):
     shards = tmp_path / "shards"
-    run_module(["-m", "data.demo", "--output", str(shards), "--num-train", "1536", "--num-val", "300", "--shard-size", "256"])
+    run_module(["-m", "clip_pretrain.data.demo", "--output", str(shards), "--num-train", "1536", "--num-val", "300", "--shard-size", "256"])
     suite = tmp_path / "suite.yaml"
     suite.write_text(
         f"tasks:\n  - name: shapes\n    task: zeroshot\n    data: {shards}::val\n"
@@ -20,7 +20,7 @@ def test_zero_shot_accuracy_far_above_chance(tmp_path):
     )
     run_dir = tmp_path / "run"
     run_module(
-        ["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={shards}", f"run_dir={run_dir}",
+        ["-m", "clip_pretrain.pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={shards}", f"run_dir={run_dir}",
          "micro_batch=64", "total_samples=3840", "optim.lr=3e-3", "optim.warmup_samples=384",
          "checkpoint.every_steps=0", "checkpoint.export=false", f"eval.suite={suite}", "logging.every_steps=1"],
         env={"OMP_NUM_THREADS": "2"},

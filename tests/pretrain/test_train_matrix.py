@@ -10,7 +10,7 @@ import open_clip
 import pytest
 import torch
 
-from common.checkpoint_files import read_model_config
+from clip_pretrain.common.checkpoint_files import read_model_config
 from tests.pretrain.runner import REPO, read_metrics, torchrun
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def test_eval_cadence_is_independent_of_the_logging_interval(demo_shards, tmp_pa
     suite = tmp_path / "suite.yaml"
     suite.write_text((REPO / "eval" / "suites" / "demo.yaml").read_text().replace("demo_out/shards", str(demo_shards)))
     run_dir = tmp_path / "run"
-    run_module(["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
+    run_module(["-m", "clip_pretrain.pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
                 f"run_dir={run_dir}", "total_samples=64", "logging.every_steps=4", "checkpoint.every_steps=0",
                 f"eval.suite={suite}", "eval.every_steps=3", "zero.stage=0"])
     evaluated = [m["step"] for m in read_metrics(run_dir) if any(key.startswith("eval/") for key in m)]

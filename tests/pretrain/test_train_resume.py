@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from common.checkpoint_files import COMPLETE, LATEST, consolidated_state_dict, read_model_config
+from clip_pretrain.common.checkpoint_files import COMPLETE, LATEST, consolidated_state_dict, read_model_config
 from tests.pretrain.runner import REPO, read_metrics, torchrun
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_one_process_zero3_resumes_exactly(demo_shards, tmp_path):
     save and resume exactly."""
     from tests.pretrain.runner import run_module
 
-    args = ["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
+    args = ["-m", "clip_pretrain.pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
             "zero.stage=3", "total_samples=48", "precision=bf16"]
     run_module([*args, f"run_dir={tmp_path / 'full'}"])
     assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: run_module([*args, *extra]))
@@ -84,7 +84,7 @@ def test_device_decode_trains_like_cpu_decode_and_resumes_exactly(demo_shards, t
     resumed run continues them exactly."""
     from tests.pretrain.runner import run_module
 
-    args = ["-m", "pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
+    args = ["-m", "clip_pretrain.pretrain.train", "--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}",
             "zero.stage=0", "total_samples=48", "data.workers=2", "data.fast_decode=false"]
     run_module([*args, "data.decode=gpu", f"run_dir={tmp_path / 'full'}"])
     run_module([*args, "data.decode=cpu", f"run_dir={tmp_path / 'cpu'}"])
