@@ -51,6 +51,7 @@ class OptimConfig:
     warmup_samples: int = 0
     min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio
     grad_clip: float = 1.0  # 0 disables clipping
+    logit_scale_lr: float | None = None  # own group for logit_scale/bias (no decay, same schedule); null: lr
 
     def __post_init__(self) -> None:
         _check(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a finite number > 0, got {self.lr}")
@@ -61,6 +62,8 @@ class OptimConfig:
         _check(self.warmup_samples >= 0, "warmup_samples", f"must be >= 0, got {self.warmup_samples}")
         _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         _check(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 disables), got {self.grad_clip}")
+        _check(self.logit_scale_lr is None or self.logit_scale_lr > 0, "logit_scale_lr",
+               f"must be > 0, or null for optim.lr, got {self.logit_scale_lr}")
 
 
 @dataclass

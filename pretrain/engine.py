@@ -95,7 +95,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     the parameters live on a device it supports: it also takes `found_inf`, which skips an update
     on the device without reading anything back."""
     return torch.optim.AdamW(
-        param_groups(model, cfg.optim.weight_decay),
+        param_groups(model, cfg.optim.weight_decay, cfg.optim.logit_scale_lr),
         lr=cfg.optim.lr,
         betas=(cfg.optim.beta1, cfg.optim.beta2),
         eps=cfg.optim.eps,

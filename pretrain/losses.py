@@ -28,6 +28,10 @@ class LossConfig:
     local_loss: bool = False
     gather_with_grad: bool = True
     max_logit_scale: float = 100.0
+    # Temperature as the logit multiplier exp(raw) = 1/T, not its log. null: CLIP 1/0.07, SigLIP 10.
+    init_logit_scale: float | None = None
+    min_logit_scale: float | None = 1.0  # lower clamp of exp(raw) in the loss; null: none
+    init_logit_bias: float | None = None  # SigLIP only; null: -10
     mlm_weight: float = 0.0
     mlm_probability: float = 0.15
 
@@ -45,10 +49,28 @@ class LossConfig:
             raise ValueError(f"mlm_probability: must be in (0, 1) (BERT uses 0.15), got {self.mlm_probability!r}")
         if self.kind == "siglip" and self.local_loss:
             raise ValueError("local_loss: SigLIP is already local (neighbour exchange); set local_loss: false")
+        _check_temperature(self)
 
     @property
     def mlm_enabled(self) -> bool:
         return self.mlm_weight > 0
+
+
+def _check_temperature(cfg: LossConfig) -> None:
+    """init/min scale positive and ordered min <= init <= max; a bias only for SigLIP."""
+    for name in ("init_logit_scale", "min_logit_scale"):
+        value = getattr(cfg, name)
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"{name}: must be a number > 0 (the multiplier 1/temperature) or null, got {value!r}")
+    low = cfg.min_logit_scale or 0.0
+    if low >= cfg.max_logit_scale:
+        raise ValueError(f"min_logit_scale: {low} must be below max_logit_scale ({cfg.max_logit_scale})")
+    init = log_temperature_init(cfg)[0]
+    if not low <= math.exp(init) <= cfg.max_logit_scale:
+        raise ValueError(f"init_logit_scale: {math.exp(init):g} lies outside [min_logit_scale, max_logit_scale] "
+                         f"= [{low:g}, {cfg.max_logit_scale:g}]; pick a value between them")
+    if cfg.init_logit_bias is not None and cfg.kind != "siglip":
+        raise ValueError(f"init_logit_bias: only SigLIP has a logit bias (loss.kind={cfg.kind}); set it to null")
 
 
 def gather_features(x: torch.Tensor, rank: int, world_size: int, *, with_grad: bool = True) -> torch.Tensor:
@@ -68,13 +90,15 @@ def gather_features(x: torch.Tensor, rank: int, world_size: int, *, with_grad: b
     return torch.cat(parts, dim=0)
 
 
-def logit_scale_value(logit_scale: torch.Tensor, max_logit_scale: float = 100.0) -> torch.Tensor:
-    """Multiplicative temperature exp(raw) clamped to max_logit_scale, shape of `logit_scale`.
+def logit_scale_value(logit_scale: torch.Tensor, max_logit_scale: float = 100.0,
+                      min_logit_scale: float | None = None) -> torch.Tensor:
+    """Multiplicative temperature exp(raw) clamped to [min_logit_scale, max_logit_scale], shape of
+    `logit_scale`; outside the bounds its gradient is zero (clamp), so the raw value stops there.
 
     The clamp lives in the loss, not as an in-place clamp after the optimiser step: ZeRO keeps an
     fp32 master copy that would overwrite such a clamp on the next step.
     """
-    return logit_scale.float().exp().clamp(max=max_logit_scale)
+    return logit_scale.float().exp().clamp(min=min_logit_scale, max=max_logit_scale)
 
 
 def clip_loss(
@@ -87,6 +111,7 @@ def clip_loss(
     local_loss: bool = False,
     gather_with_grad: bool = True,
     max_logit_scale: float = 100.0,
+    min_logit_scale: float | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch.
 
@@ -95,7 +120,7 @@ def clip_loss(
     Returns a scalar.
     """
     image_features, text_features = image_features.float(), text_features.float()
-    scale = logit_scale_value(logit_scale, max_logit_scale)
+    scale = logit_scale_value(logit_scale, max_logit_scale, min_logit_scale)
     all_images = gather_features(image_features, rank, world_size, with_grad=gather_with_grad)
     all_texts = gather_features(text_features, rank, world_size, with_grad=gather_with_grad)
     if local_loss:
@@ -177,6 +202,7 @@ def siglip_loss(
     rank: int = 0,
     world_size: int = 1,
     max_logit_scale: float = 100.0,
+    min_logit_scale: float | None = None,
 ) -> torch.Tensor:
     """Sigmoid pairwise loss (SigLIP) of this rank's images against every rank's texts.
 
@@ -185,7 +211,7 @@ def siglip_loss(
     'bidir' scheme), so no [W*b, W*b] logits or all-gather are ever built. Returns a scalar.
     """
     image_features, text_features = image_features.float(), text_features.float()
-    scale, bias = logit_scale_value(logit_scale, max_logit_scale), logit_bias.float()
+    scale, bias = logit_scale_value(logit_scale, max_logit_scale, min_logit_scale), logit_bias.float()
     loss = _sigmoid_block(image_features, text_features, scale, bias, positives=True)
     if world_size == 1:
         return loss
@@ -245,12 +271,13 @@ def compute_objective(
         contrastive = siglip_loss(
             image_features, text_features, logit_scale, outputs["logit_bias"],
             rank=rank, world_size=world_size, max_logit_scale=loss_cfg.max_logit_scale,
+            min_logit_scale=loss_cfg.min_logit_scale,
         )
     else:
         contrastive = clip_loss(
             image_features, text_features, logit_scale, rank=rank, world_size=world_size,
             local_loss=loss_cfg.local_loss, gather_with_grad=loss_cfg.gather_with_grad,
-            max_logit_scale=loss_cfg.max_logit_scale,
+            max_logit_scale=loss_cfg.max_logit_scale, min_logit_scale=loss_cfg.min_logit_scale,
         )
     zero = contrastive.new_zeros(())
     mlm, mlm_accuracy = zero, zero
@@ -267,7 +294,8 @@ def compute_objective(
         "contrastive": contrastive.detach(),
         "mlm": mlm.detach(),
         "mlm_accuracy": mlm_accuracy.detach(),
-        "temperature": logit_scale_value(logit_scale.detach(), loss_cfg.max_logit_scale).reshape(()),
+        "temperature": logit_scale_value(logit_scale.detach(), loss_cfg.max_logit_scale,
+                                         loss_cfg.min_logit_scale).reshape(()),
     }
     if loss_cfg.kind == "siglip":
         parts["logit_bias"] = outputs["logit_bias"].detach().float().reshape(())
@@ -280,24 +308,38 @@ def _is_no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith(".bias") or "embedding" in name or "logit_" in name or "cls_emb" in name
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups over trainable parameters: [{"params", "weight_decay"}, ...].
+def _is_temperature(name: str) -> bool:
+    return name.split(".")[-1] in ("logit_scale", "logit_bias")
 
-    Empty groups are dropped (DeepSpeed's ZeRO optimisers reject them).
+
+def param_groups(model: nn.Module, weight_decay: float, logit_scale_lr: float | None = None) -> list[dict]:
+    """AdamW parameter groups over trainable parameters: [{"params", "weight_decay"[, "lr"]}, ...].
+
+    With `logit_scale_lr`, logit_scale/bias get a last group of their own at that lr, no decay; the
+    schedule (LambdaLR) scales each group's own initial lr, so its ratio to the base lr holds
+    throughout warmup and cosine. Empty groups are dropped (DeepSpeed's ZeRO optimisers reject them).
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay: must be >= 0, got {weight_decay}")
-    decay, no_decay = [], []
+    decay, no_decay, temperature = [], [], []
     for name, param in model.named_parameters():
-        if param.requires_grad:
+        if not param.requires_grad:
+            continue
+        if logit_scale_lr is not None and _is_temperature(name):
+            temperature.append(param)
+        else:
             (no_decay if _is_no_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              {"params": temperature, "weight_decay": 0.0, "lr": logit_scale_lr}]
     return [group for group in groups if group["params"]]
 
 
-def log_temperature_init(kind: str) -> tuple[float, float | None]:
-    """(init raw logit_scale, init logit_bias) for a loss kind: CLIP log(1/0.07) and no bias;
-    SigLIP log(10) and bias -10 (Zhai et al. 2023)."""
-    if kind == "siglip":
-        return math.log(10.0), -10.0
-    return math.log(1 / 0.07), None
+def log_temperature_init(cfg: LossConfig | str) -> tuple[float, float | None]:
+    """(init raw logit_scale = log of the multiplier, init logit_bias) for a LossConfig (or a bare
+    kind): its init_logit_scale / init_logit_bias, else CLIP log(1/0.07) and no bias, SigLIP log(10)
+    and bias -10 (Zhai et al. 2023)."""
+    cfg = LossConfig(kind=cfg) if isinstance(cfg, str) else cfg
+    if cfg.kind == "siglip":
+        bias = -10.0 if cfg.init_logit_bias is None else float(cfg.init_logit_bias)
+        return math.log(cfg.init_logit_scale or 10.0), bias
+    return math.log(cfg.init_logit_scale or 1 / 0.07), None

@@ -123,10 +123,11 @@ def _cached_tag_file(tag_cfg: dict) -> tuple[str | None, str]:
 class DualEncoder(nn.Module):
     """open_clip CLIP (`.clip`) + optional MLM (`.mlm`); one forward for train, eval and MLM."""
 
-    def __init__(self, clip: nn.Module, model_name: str, mlm: bool):
+    def __init__(self, clip: nn.Module, model_name: str, mlm: bool, init_cfg: dict | None = None):
         super().__init__()
         self.clip = clip
         self.model_name = model_name
+        self.init_cfg = dict(init_cfg or {})  # init_logit_scale/bias the model was built with (model_config)
         self.mlm = TextMLM(clip) if mlm else None
         # forward reads logit_scale/bias directly (they are CLIP's own parameters): under ZeRO-3
         # they must be gathered for the whole DualEncoder.forward, not only inside clip.forward.
@@ -174,13 +175,11 @@ class DualEncoder(nn.Module):
     def model_config(self) -> dict:
         """The open_clip model cfg dict (what open_clip_config.json["model_cfg"] holds).
 
-        A SigLIP-trained model gets `init_logit_bias` added when its base config lacks it: without
-        it open_clip builds no logit_bias parameter and the exported state dict would not load.
+        A SigLIP-trained model gets the `init_logit_bias` it was built with: without one open_clip
+        builds no logit_bias parameter and the exported state dict would not load. A loss.init_logit_scale
+        lands as open_clip's `init_logit_scale` (its log, open_clip's convention).
         """
-        cfg = open_clip.get_model_config(self.model_name)
-        if self.clip.logit_bias is not None and cfg.get("init_logit_bias") is None:
-            cfg["init_logit_bias"] = log_temperature_init("siglip")[1]
-        return cfg
+        return open_clip.get_model_config(self.model_name) | self.init_cfg
 
     def open_clip_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict loadable by open_clip.create_model(name, pretrained=file)."""
@@ -192,7 +191,7 @@ class DualEncoder(nn.Module):
 def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> DualEncoder:
     """Create the open_clip model (random init or local weights), apply locks / checkpointing,
     and add the MLM head when loss_cfg.mlm_weight > 0."""
-    init_scale, init_bias = log_temperature_init(loss_cfg.kind)
+    init_scale, init_bias = log_temperature_init(loss_cfg)
     kwargs = dict(
         nonscalar_logit_scale=True,
         init_logit_scale=init_scale,
@@ -222,7 +221,10 @@ def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> DualEncoder:
     if model_cfg.compile:
         for tower in towers(clip):
             tower.compile()  # in place: parameter names, checkpoints and exports stay as they are
-    return DualEncoder(clip, model_cfg.name, mlm=loss_cfg.mlm_enabled)
+    init_cfg = {"init_logit_scale": init_scale} if loss_cfg.init_logit_scale is not None else {}
+    if init_bias is not None:
+        init_cfg["init_logit_bias"] = init_bias
+    return DualEncoder(clip, model_cfg.name, mlm=loss_cfg.mlm_enabled, init_cfg=init_cfg)
 
 
 def towers(clip: nn.Module) -> list[nn.Module]:

@@ -113,6 +113,8 @@ def read_interval(interval: StepMetrics, engine, loader, cfg: TrainConfig, dist:
     return {
         **parts,
         "lr": float(engine.get_lr()[0]),
+        # The temperature's own group is the optimizer's last (losses.param_groups).
+        **({"logit_scale_lr": float(engine.get_lr()[-1])} if cfg.optim.logit_scale_lr is not None else {}),
         "samples_per_s": global_batch * values["interval_steps"] / seconds,
         "samples_per_s_per_device": global_batch * values["interval_steps"] / seconds / dist.world_size,
         "data_wait": values["data_wait_s"] / seconds,
