@@ -9,6 +9,8 @@ Layout of a run directory::
                                          + train_config.yaml + COMPLETE (written last)
     RUN/checkpoints/latest               tag of the newest COMPLETE checkpoint (atomic rename)
     RUN/export/model.pt|model.safetensors|open_clip_config.json   consolidated fp32 open_clip weights
+                                         (the EMA weights when ema.decay > 0)
+    RUN/export-raw/...                   with ema.decay > 0 only: the trained (raw) weights, same files
 
 Here: names and markers, safe (weights_only) loading, finding and validating checkpoints and model
 configs, the DualEncoder -> open_clip state-dict mapping, consolidation of any ZeRO stage and export.
@@ -32,6 +34,7 @@ LATEST = "latest"
 COMPLETE = "COMPLETE"
 MODEL_CONFIG = "open_clip_config.json"
 TRAIN_CONFIG = "train_config.yaml"
+EMA_STATE = "ema"  # client-state key of pretrain.ema.WeightEma.state_dict(): {"updates", "shadow"}
 
 
 class CheckpointError(RuntimeError):
@@ -264,11 +267,14 @@ def check_model_config(model_cfg: dict[str, Any], source: str) -> None:
 # --- consolidation and export ---------------------------------------------------------------------
 
 
-def consolidated_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def consolidated_state_dict(path: str | Path, ema: bool = False) -> dict[str, torch.Tensor]:
     """fp32 open_clip state dict from a checkpoint of any ZeRO stage (partitions merged), loaded
-    without unpickling code."""
+    without unpickling code. ema=True: the EMA weights saved with it in place of the trained ones
+    (frozen weights and buffers, which the EMA does not average, stay the trained module's)."""
     checkpoint_dir = resolve_checkpoint_dir(path)
     full = _full_state_dict(checkpoint_dir)
+    if ema:
+        full = {**full, **ema_weights(checkpoint_dir)}
     return {name: tensor.to(torch.float32).contiguous() for name, tensor in to_open_clip_state_dict(full).items()}
 
 
@@ -288,11 +294,25 @@ def _full_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
         raise load_error(checkpoint_dir, error) from None
 
 
-def export(checkpoint_dir: Path, out_dir: Path) -> Path:
-    """Writes model.pt, model.safetensors and open_clip_config.json (loadable by open_clip)."""
+def ema_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """The EMA weights saved in a checkpoint's client state, DualEncoder names -> fp32 tensors."""
+    try:
+        with safe_torch_load():  # mmap: reads the EMA tensors only
+            saved = torch.load(checkpoint_dir / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling/format failure becomes one line
+        raise load_error(checkpoint_dir, error) from None
+    if not isinstance(saved.get(EMA_STATE), dict) or "shadow" not in saved[EMA_STATE]:
+        raise CheckpointError(f"checkpoint {checkpoint_dir} holds no EMA weights (trained with ema.decay=0); "
+                              "export its trained weights instead")
+    return saved[EMA_STATE]["shadow"]
+
+
+def export(checkpoint_dir: Path, out_dir: Path, ema: bool = False) -> Path:
+    """Writes model.pt, model.safetensors and open_clip_config.json (loadable by open_clip); with
+    ema=True the weights are the checkpoint's EMA weights."""
     from safetensors.torch import save_file
 
-    state_dict = consolidated_state_dict(checkpoint_dir)
+    state_dict = consolidated_state_dict(checkpoint_dir, ema=ema)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "model.pt", lambda tmp: torch.save(state_dict, tmp))
     atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(state_dict, str(tmp)))

@@ -31,6 +31,7 @@ import yaml
 
 from clip_pretrain.data.loader import DataConfig
 from clip_pretrain.pretrain.config_env import expand_env
+from clip_pretrain.pretrain.ema import EmaConfig
 from clip_pretrain.pretrain.losses import LossConfig
 from clip_pretrain.pretrain.model import ModelConfig
 
@@ -158,6 +159,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
     def __post_init__(self) -> None:
         _check(self.micro_batch >= 1, "micro_batch", f"must be >= 1, got {self.micro_batch}")
@@ -173,6 +175,10 @@ class TrainConfig:
             "fp16 with zero.stage >= 1 and optim.grad_clip > 0 is not supported (DeepSpeed clips the "
             "still-scaled gradients); use precision=bf16, zero.stage=0, or optim.grad_clip=0",
         )
+        if self.ema.enabled and self.zero.stage == 3:
+            # Each rank holds only its partition of every parameter: the EMA would average shards.
+            raise ConfigError("config key ema.decay: EMA needs whole parameters on every rank, which ZeRO-3 "
+                              "partitions; use zero.stage <= 2 or ema.decay=0")
 
     def global_batch(self, world_size: int) -> int:
         return self.micro_batch * self.grad_accum * world_size

@@ -26,6 +26,7 @@ from clip_pretrain.data.device import DeviceBatches
 from clip_pretrain.pretrain.checkpoint import Checkpointer
 from clip_pretrain.pretrain.config import ConfigError, TrainConfig, config_reference, dump_config, load_config
 from clip_pretrain.pretrain.distributed import DistContext, any_true, gather_objects, init_distributed, shutdown
+from clip_pretrain.pretrain.ema import WeightEma, ema_weights
 from clip_pretrain.pretrain.setup import build_everything, open_clip_config_json, prepare_run_dir
 from clip_pretrain.pretrain.state import TrainState, rng_state, seed_everything, set_rng_state
 from clip_pretrain.pretrain.step import StepMetrics, train_step
@@ -56,9 +57,10 @@ def train(cfg: TrainConfig, dist: DistContext, evaluate: Evaluator | None = None
     seed_everything(cfg.seed + dist.rank)  # dropout / patch-dropout masks differ across ranks
     engine, checkpointer = parts.engine, parts.checkpointer
     state = TrainState()
+    ema = WeightEma(engine.module, cfg.ema) if cfg.ema.enabled else None  # from the initial weights
     resume_from = resolve_resume(cfg, checkpointer)
     if resume_from is not None:
-        restore(engine, parts.loader, state, checkpointer, resume_from, cfg, dist)
+        restore(engine, parts.loader, state, checkpointer, resume_from, cfg, dist, ema=ema)
     batches = DeviceBatches(parts.loader, dist.device, parts.normalize, parts.decode)  # resumes where the loader stands
     total_steps = cfg.total_steps(dist.world_size)
     tracker = Tracker(run_dir, cfg, dist.is_main, total_steps, state.step, resume_from)
@@ -69,6 +71,8 @@ def train(cfg: TrainConfig, dist: DistContext, evaluate: Evaluator | None = None
             rank_samples = train_step(engine, parts.optimizer, batches, cfg, dist.rank, dist.world_size, interval)
             state.samples_seen += rank_samples * dist.world_size
             state.step = engine.global_steps
+            if ema is not None:
+                ema.update(engine.module, state.step)
             save_due = (bool(cfg.checkpoint.every_steps) and state.step % cfg.checkpoint.every_steps == 0
                         and state.step < total_steps)  # the final save follows the loop
             # No host read between logging intervals: the host runs ahead of the device.
@@ -78,21 +82,33 @@ def train(cfg: TrainConfig, dist: DistContext, evaluate: Evaluator | None = None
                 tracker.progress(state.step, metrics)
                 stop = any_true(preempted(), dist.device)
                 if stop or save_due:
-                    save(engine, batches, state, checkpointer, cfg, dist)
+                    save(engine, batches, state, checkpointer, cfg, dist, ema=ema)
                 if stop:
                     tracker.message(f"preemption signal: saved step {state.step} to {checkpointer.latest()}; exiting")
                     tracker.close()
                     return metrics
             if cfg.eval.suite and cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
-                tracker.log(state.step, evaluate(engine, parts, cfg, dist, state.step))
-    final = save(engine, batches, state, checkpointer, cfg, dist)
+                with ema_weights(ema, engine.module):  # with EMA on, its weights are the ones scored
+                    tracker.log(state.step, evaluate(engine, parts, cfg, dist, state.step))
+    final = save(engine, batches, state, checkpointer, cfg, dist, ema=ema)
     if cfg.checkpoint.export and dist.is_main:
-        tracker.message(f"exported open_clip weights to {ckpt.export(final, run_dir / 'export')}")
+        tracker.message(export_final(final, run_dir, ema is not None))
     if cfg.eval.suite:
-        metrics.update(evaluate(engine, parts, cfg, dist, state.step))
+        with ema_weights(ema, engine.module):
+            metrics.update(evaluate(engine, parts, cfg, dist, state.step))
         tracker.log(state.step, metrics)
     tracker.close()
     return metrics
+
+
+def export_final(checkpoint_dir: Path, run_dir: Path, with_ema: bool) -> str:
+    """RUN/export: the EMA weights when EMA is on (what evaluation scored), else the trained ones;
+    with EMA, RUN/export-raw holds the trained (raw) weights. Returns a line for the log."""
+    exported = ckpt.export(checkpoint_dir, run_dir / "export", ema=with_ema)
+    if not with_ema:
+        return f"exported open_clip weights to {exported}"
+    raw = ckpt.export(checkpoint_dir, run_dir / "export-raw")
+    return f"exported open_clip EMA weights to {exported}, the raw weights to {raw}"
 
 
 def read_interval(interval: StepMetrics, engine, loader, cfg: TrainConfig, dist: DistContext,
@@ -135,8 +151,10 @@ def peak_memory_mb(device: torch.device) -> float:
 # --- checkpoints and resume ------------------------------------------------------------------------
 
 
-def save(engine, loader, state: TrainState, checkpointer: Checkpointer, cfg: TrainConfig, dist: DistContext) -> Path:
-    """Saves engine + every rank's loader and RNG state (gathered: DeepSpeed keeps rank 0's client state)."""
+def save(engine, loader, state: TrainState, checkpointer: Checkpointer, cfg: TrainConfig, dist: DistContext,
+         ema: WeightEma | None = None) -> Path:
+    """Saves engine + every rank's loader and RNG state (gathered: DeepSpeed keeps rank 0's client
+    state) + the EMA weights (the same on every rank, so rank 0's are everyone's)."""
     per_rank = gather_objects({"loader": loader.state_dict(), "rng": rng_state()})
     client_state = {
         "train_state": state.state_dict(),
@@ -145,6 +163,8 @@ def save(engine, loader, state: TrainState, checkpointer: Checkpointer, cfg: Tra
         "zero_stage": cfg.zero.stage,
         "model_name": cfg.model.name,
     }
+    if ema is not None:
+        client_state[ckpt.EMA_STATE] = ema.state_dict()
     files = {ckpt.MODEL_CONFIG: open_clip_config_json(cfg, engine.module), ckpt.TRAIN_CONFIG: dump_config(cfg)}
     return checkpointer.save(engine, state.step, client_state, files)
 
@@ -192,8 +212,9 @@ def resume_mismatch(checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -
     return None
 
 
-def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext) -> None:
-    """Engine, counters, this rank's loader cursor and RNG state from `checkpoint_dir`."""
+def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Path, cfg: TrainConfig, dist: DistContext,
+            ema: WeightEma | None = None) -> None:
+    """Engine, counters, this rank's loader cursor, RNG state and the EMA weights from `checkpoint_dir`."""
     check_resumable(checkpoint_dir, cfg, dist)
     client = checkpointer.load(engine, checkpoint_dir)
     try:
@@ -201,6 +222,8 @@ def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Pat
         mine = client["ranks"][dist.rank]
         loader.load_state_dict(mine["loader"])
         set_rng_state(mine["rng"])
+        if ema is not None:
+            restore_ema(ema, engine.module, client.get(ckpt.EMA_STATE), checkpoint_dir, dist)
     except (KeyError, IndexError, TypeError) as error:
         raise ckpt.CheckpointError(
             f"checkpoint {checkpoint_dir} lacks a usable training state ({type(error).__name__}: {error}); "
@@ -211,6 +234,18 @@ def restore(engine, loader, state: TrainState, checkpointer, checkpoint_dir: Pat
         print(f"warning: resuming from step {state.step} while {checkpointer.dir} holds newer checkpoints "
               f"({', '.join(newer)}); each is moved to {ckpt.SUPERSEDED}/ when this run saves the same step",
               file=sys.stderr, flush=True)
+
+
+def restore_ema(ema: WeightEma, module, saved: dict | None, checkpoint_dir: Path, dist: DistContext) -> None:
+    """The saved EMA state; a checkpoint from a run without EMA starts the average at the restored
+    weights (EMA switched on mid-run) rather than at the initial ones."""
+    if saved is not None:
+        ema.load_state_dict(saved)
+        return
+    ema.reset(module)
+    if dist.is_main:
+        print(f"warning: {checkpoint_dir} holds no EMA weights (saved with ema.decay=0): the EMA starts "
+              "from the resumed weights", file=sys.stderr, flush=True)
 
 
 def describe_run(cfg: TrainConfig, dist: DistContext, total_steps: int, resume_from: Path | None) -> str:

@@ -30,6 +30,9 @@ RUNS = {
     "fp32-zero0-localloss-resampled": ["precision=fp32", "zero.stage=0", "loss.local_loss=true", "data.mode=resampled"],
     "fp16-zero0-mlm": ["precision=fp16", "zero.stage=0", MLM],
     "fp16-zero2-noclip": ["precision=fp16", "zero.stage=2", "optim.grad_clip=0"],
+    "bf16-zero2-siglip-ema-temperature": ["precision=bf16", "zero.stage=2", "loss.kind=siglip", "ema.decay=0.9",
+                                          "loss.init_logit_scale=10", "loss.init_logit_bias=-5",
+                                          "optim.logit_scale_lr=1e-3"],
 }
 
 
@@ -56,6 +59,10 @@ def test_option_trains_end_to_end(name, demo_shards, tmp_path):
     assert metrics[-1]["nonfinite_steps"] == 0
     if MLM in RUNS[name]:
         assert metrics[-1]["mlm"] > 0
+    if "optim.logit_scale_lr=1e-3" in RUNS[name]:  # its own group, 1e-3 / 2e-3 of the base lr all along
+        assert all(m["logit_scale_lr"] == pytest.approx(m["lr"] / 2, rel=1e-6) for m in metrics), metrics
+    if "ema.decay=0.9" in RUNS[name]:  # export: the EMA weights; export-raw: the trained ones
+        assert (run_dir / "export-raw" / "model.safetensors").is_file()
 
     config = read_model_config(run_dir / "export")
     open_clip.add_model_config(str(REPO / "pretrain" / "model_configs"))

@@ -78,6 +78,29 @@ def test_resume_is_exact_with_patch_dropout(demo_shards, tmp_path):
     assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: torchrun(2, [*args, *extra]))
 
 
+def test_resume_is_exact_with_ema_and_temperature_options(demo_shards, tmp_path):
+    """ZeRO-2: the EMA weights travel in the checkpoint's client state and the temperature's own
+    lr group with the optimizer and schedule, so a resumed run continues the loss exactly and
+    its EMA export (RUN/export) and raw export (RUN/export-raw) equal the uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", "zero.stage=2", "ema.decay=0.9",
+            "optim.logit_scale_lr=5e-3", "loss.init_logit_scale=20", "loss.min_logit_scale=5"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    torchrun(2, [*args, f"run_dir={full}"])
+    assert_resume_from_step3_is_exact(full, resumed, lambda extra: torchrun(2, [*args, *extra]))
+    for record in read_metrics(full):  # 10x the base lr through warmup and cosine
+        assert record["logit_scale_lr"] == pytest.approx(10 * record["lr"], rel=1e-6), record
+    assert read_metrics(full)[0]["temperature"] == pytest.approx(20, rel=0.05)
+    exports = {name: [load_file(run / name / "model.safetensors") for run in (full, resumed)]
+               for name in ("export", "export-raw")}
+    for name, (uninterrupted, after_resume) in exports.items():
+        for key, tensor in uninterrupted.items():
+            assert torch.allclose(after_resume[key], tensor, rtol=0, atol=1e-6), (name, key)
+    ema, raw = exports["export"][0], exports["export-raw"][0]
+    assert not torch.equal(ema["text_projection"], raw["text_projection"])  # the export is the average
+
+
 def test_device_decode_trains_like_cpu_decode_and_resumes_exactly(demo_shards, tmp_path):
     """data.decode=gpu (run here with torchvision's CPU decoder in the trainer process): the
     losses follow CPU decode's (same crops, pixels within the resampling kernel's noise), and a
