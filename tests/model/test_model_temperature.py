@@ -117,3 +117,56 @@ def test_valid_options_load() -> None:
                                                       "loss.min_logit_scale=null", "optim.logit_scale_lr=1e-3"])
     assert (cfg.loss.init_logit_scale, cfg.loss.init_logit_bias, cfg.loss.min_logit_scale) == (10.0, -5.0, None)
     assert cfg.optim.logit_scale_lr == 1e-3
+
+
+ZERO_SCRIPT = """
+import torch
+torch.set_num_threads(1)
+import deepspeed, open_clip
+from clip_pretrain.pretrain.config import load_config
+from clip_pretrain.pretrain.distributed import DistContext
+from clip_pretrain.pretrain.engine import build_engine
+from clip_pretrain.pretrain.losses import compute_objective
+from clip_pretrain.pretrain.model import build_model
+deepspeed.init_distributed(dist_backend="gloo")
+dist = DistContext(0, 1, 0, torch.device("cpu"), "gloo", "test")
+texts = open_clip.get_tokenizer("clip-tiny")(["a dog on the grass", "a cat on a sofa"])
+images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+for stage in (0, 1, 2, 3):
+    cfg = load_config("pretrain/configs/smoke.yaml", [f"zero.stage={stage}", "loss.kind=siglip", "micro_batch=2",
+                      "optim.lr=1e-4", "optim.logit_scale_lr=1e-2", "optim.warmup_samples=0", "optim.grad_clip=0"])
+    torch.manual_seed(0)
+    engine, _ = build_engine(build_model(cfg.model, cfg.loss), cfg, dist)
+    params = [engine.module.clip.logit_scale, engine.module.clip.logit_bias, engine.module.clip.text_projection]
+    with deepspeed.zero.GatheredParameters(params):
+        before = [p.detach().clone() for p in params]
+    assert engine.get_lr()[0] == 1e-4 and engine.get_lr()[-1] == 1e-2, engine.get_lr()
+    engine.backward(compute_objective(engine(images, texts), {}, cfg.loss)[0])
+    engine.step()
+    with deepspeed.zero.GatheredParameters(params):
+        moved = [(p.detach() - b).abs().max().item() for p, b in zip(params, before)]
+    # Adam's first update moves each weight by about its lr (m/sqrt(v) = sign of the gradient).
+    assert abs(moved[0] - 1e-2) < 1e-4 and abs(moved[1] - 1e-2) < 1e-4, (stage, moved)
+    assert moved[2] < 1.1e-4, (stage, moved)
+    print("STAGE_OK", stage, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_logit_scale_lr_is_applied_at_every_zero_stage() -> None:
+    """DeepSpeed keeps the temperature group's own lr at ZeRO 0-3: one step moves logit_scale
+    and logit_bias by ~logit_scale_lr and the other weights by ~lr."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PYTHONPATH": str(repo)}
+    result = subprocess.run([sys.executable, "-c", ZERO_SCRIPT], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.stdout.count("STAGE_OK") == 4, result.stdout[-2000:] + result.stderr[-3000:]
