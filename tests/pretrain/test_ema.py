@@ -148,3 +148,40 @@ def test_zero3_is_refused_naming_ema_decay() -> None:
 def test_config_errors_name_the_key(override, key) -> None:
     with pytest.raises(ConfigError, match=f"^config key {key}: "):
         load_config("pretrain/configs/smoke.yaml", [override])
+
+
+EVAL_SCRIPT = """
+import sys, torch
+from safetensors.torch import load_file
+from clip_pretrain.common.checkpoint_files import consolidated_state_dict
+from clip_pretrain.pretrain.config import load_config
+from clip_pretrain.pretrain.distributed import init_distributed
+from clip_pretrain.pretrain.train import train
+run_dir, shards, suite = sys.argv[1:4]
+scored = []
+def evaluate(engine, parts, cfg, dist, step):
+    scored.append((step, engine.module.clip.text_projection.detach().clone()))
+    return {}
+cfg = load_config("pretrain/configs/smoke.yaml", [f"run_dir={run_dir}", f"data.train={shards}", "zero.stage=0",
+                  "total_samples=48", "ema.decay=0.9", f"eval.suite={suite}", "eval.every_steps=3"])
+train(cfg, init_distributed(), evaluate=evaluate)
+assert [step for step, _ in scored] == [3, 6, 6], scored
+at_3 = consolidated_state_dict(f"{run_dir}/checkpoints/step_00000003", ema=True)["text_projection"]
+raw_3 = consolidated_state_dict(f"{run_dir}/checkpoints/step_00000003")["text_projection"]
+final, raw = load_file(f"{run_dir}/export/model.safetensors"), load_file(f"{run_dir}/export-raw/model.safetensors")
+assert torch.equal(scored[0][1], at_3) and not torch.equal(at_3, raw_3)
+assert torch.equal(scored[-1][1], final["text_projection"]) and not torch.equal(final["text_projection"], raw["text_projection"])
+print("EVAL_EMA_OK")
+"""
+
+
+@pytest.mark.slow
+def test_training_time_evaluation_scores_the_ema_weights(demo_shards, tmp_path) -> None:
+    """With EMA on, the evaluator sees the EMA weights (as saved at that step and as exported),
+    in the loop and at the end (the swap back is test_frozen_weights_are_not_averaged_and_the_swap_restores)."""
+    from tests.pretrain.runner import run_module
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("tasks: []\n")  # the stand-in evaluator above never reads it
+    result = run_module(["-c", EVAL_SCRIPT, str(tmp_path / "run"), str(demo_shards), str(suite)])
+    assert "EVAL_EMA_OK" in result.stdout, result.stdout[-2000:]
