@@ -64,7 +64,7 @@ def _check_temperature(cfg: LossConfig) -> None:
             raise ValueError(f"{name}: must be a number > 0 (the multiplier 1/temperature) or null, got {value!r}")
     low = cfg.min_logit_scale or 0.0
     if low >= cfg.max_logit_scale:
-        raise ValueError(f"min_logit_scale: {low} must be below max_logit_scale ({cfg.max_logit_scale})")
+        raise ValueError(f"min_logit_scale: {low} must be below max_logit_scale ({cfg.max_logit_scale}); lower it")
     init = log_temperature_init(cfg)[0]
     if not low <= math.exp(init) <= cfg.max_logit_scale:
         raise ValueError(f"init_logit_scale: {math.exp(init):g} lies outside [min_logit_scale, max_logit_scale] "
@@ -93,7 +93,7 @@ def gather_features(x: torch.Tensor, rank: int, world_size: int, *, with_grad: b
 def logit_scale_value(logit_scale: torch.Tensor, max_logit_scale: float = 100.0,
                       min_logit_scale: float | None = None) -> torch.Tensor:
     """Multiplicative temperature exp(raw) clamped to [min_logit_scale, max_logit_scale], shape of
-    `logit_scale`; outside the bounds its gradient is zero (clamp), so the raw value stops there.
+    `logit_scale`; beyond a bound its gradient is zero (clamp): the loss no longer pushes it further.
 
     The clamp lives in the loss, not as an in-place clamp after the optimiser step: ZeRO keeps an
     fp32 master copy that would overwrite such a clamp on the next step.

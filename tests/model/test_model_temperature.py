@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from open_clip.model import CLIP
 
 from clip_pretrain.pretrain.config import ConfigError, load_config
 from clip_pretrain.pretrain.engine import build_optimizer, lr_lambda
@@ -28,6 +29,9 @@ def test_init_values_land_in_model_and_export(kind, scale, bias) -> None:
     assert exported["logit_scale"].exp().item() == pytest.approx(scale, rel=1e-6)
     # open_clip's config holds the log (its own convention), so a fresh create_model starts there too.
     assert model.model_config["init_logit_scale"] == pytest.approx(math.log(scale))
+    fresh = CLIP(**model.model_config)  # what a reader of the exported open_clip_config.json builds
+    assert fresh.logit_scale.exp().item() == pytest.approx(scale, rel=1e-6)
+    assert (fresh.logit_bias is None) == (bias is None)
     if bias is None:
         assert model.clip.logit_bias is None and "init_logit_bias" not in model.model_config
     else:
