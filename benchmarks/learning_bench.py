@@ -2,6 +2,8 @@
 
     python -m benchmarks.learning_bench [--datasets demo,coco] [--seeds 3] [--samples N] [--out DIR]
                                         [--shared-data ../shared/data] [--threads N] [--keep]
+                                        [--trainers ours,peer|none] [--variant NAME:key=value,...]...
+                                        [--baseline-json PATH]
 
 For each dataset and seed, both trainers train the same open_clip config (clip-tiny) from scratch on
 the same shards with the same sample budget, per-process batch, optimizer (AdamW lr 2e-3, wd 0.1,
@@ -24,6 +26,17 @@ Datasets (never evaluated on an image trained on):
 Reported per dataset: mean and sample standard deviation over seeds of zero-shot top-1, image->text
 R@1 and text->image R@1, ours vs theirs and the difference, in DIR/learning-DATE-cpu.{json,md}
 (default DIR: benchmarks/results).
+
+Ablations:
+  --variant NAME:key=value,...  one more run of ours per dataset and seed, with these pretrain.train
+        overrides after the recipe's (e.g. `--variant cyc:loss.cyclip_cross_weight=0.25`); repeatable.
+        Each variant's config is loaded once before any training, so a bad key fails at once.
+        Reported as its own rows: mean ± std, minus open_clip_train and minus ours (defaults).
+  --trainers ours,peer|none      which baseline trainers to run (default both); variants always run.
+  --baseline-json PATH  reuse the ours/peer records of a previous results JSON instead of training
+        them; refused unless its recipe (model, batch, lr, ..., samples per dataset, seeds,
+        datasets) is this run's. E.g. ablate against the committed baseline:
+        `--baseline-json benchmarks/results/learning-2026-11-28-cpu.json --variant NAME:...`
 """
 from __future__ import annotations
 
@@ -34,6 +47,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -65,6 +79,16 @@ METRICS = (
     ("text_to_image_r1", "image_retrieval_recall@1", "text->image R@1"),
 )
 TRAINERS = {"ours": "ours (pretrain.train)", "theirs": "open_clip_train"}
+CLI_TRAINERS = {"ours": "ours", "peer": "theirs"}  # --trainers name -> record key (kept for old JSONs)
+RESERVED_NAMES = {*TRAINERS, *CLI_TRAINERS, "none", "diff"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One more ours run: `overrides` go after the recipe's, so they win."""
+
+    name: str
+    overrides: tuple[str, ...]
 
 
 @dataclass
@@ -82,7 +106,7 @@ class DatasetSetup:
 class RunRecord:
     dataset: str
     seed: int
-    trainer: str  # "ours" | "theirs"
+    trainer: str  # "ours" | "theirs" | a variant's name
     metrics: dict[str, float]
     train_s: float
     eval_s: float
@@ -221,15 +245,22 @@ def warmup_steps(samples: int) -> int:
     return max(1, round(WARMUP_FRACTION * samples / BATCH_SIZE))
 
 
-def recipe(setup: DatasetSetup, seed: int) -> Recipe:
+def recipe(samples: int, seed: int) -> Recipe:
     """Both trainers alike: fp32, one process, one data worker, 10% warmup then cosine."""
-    return Recipe(MODEL, BATCH_SIZE, setup.samples, "fp32", 1, LR, warmup_steps(setup.samples), seed=seed, log_every=10)
+    return Recipe(MODEL, BATCH_SIZE, samples, "fp32", 1, LR, warmup_steps(samples), seed=seed, log_every=10)
 
 
-def train_ours(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tuple[Path, float, str]:
+def ours_overrides(recipe_: Recipe, shards: str, run_dir: Path, variant: Variant | None = None) -> list[str]:
+    """The recipe's pretrain.train overrides, then the variant's (later ones win)."""
+    extra = variant.overrides if variant else ()
+    return [*our_overrides(recipe_, shards, run_dir, export=True), "data.shuffle_buffer=1000", *extra]
+
+
+def train_ours(setup: DatasetSetup, seed: int, work: Path, threads: int,
+               variant: Variant | None = None) -> tuple[Path, float, str]:
     """Returns (export dir, seconds, log path)."""
-    run_dir = work / f"{setup.name}-seed{seed}-ours"
-    overrides = [*our_overrides(recipe(setup, seed), setup.shards, run_dir, export=True), "data.shuffle_buffer=1000"]
+    run_dir = work / f"{setup.name}-seed{seed}-{variant.name if variant else 'ours'}"
+    overrides = ours_overrides(recipe(setup.samples, seed), setup.shards, run_dir, variant)
     command = [*launcher(1), "-m", "clip_pretrain.pretrain.train", "--config", str(BASE_CONFIG), *overrides]
     log = work / f"{run_dir.name}.log"
     seconds = run_logged(run_dir.name, command, log, child_env(threads), lambda: 10 * len(read_our_metrics(run_dir)))
@@ -239,7 +270,7 @@ def train_ours(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tupl
 def train_theirs(setup: DatasetSetup, seed: int, work: Path, threads: int) -> tuple[Path, float, str]:
     """Returns (export dir converted from epoch_1.pt, seconds, log path)."""
     name = f"{setup.name}-seed{seed}-theirs"
-    args = peer_args(recipe(setup, seed), setup.shards, work / "peer-logs", name, "cpu", save=True)
+    args = peer_args(recipe(setup.samples, seed), setup.shards, work / "peer-logs", name, "cpu", save=True)
     argv_file = work / f"{name}-argv.json"  # not on the command line: torchrun would claim `--logs`
     argv_file.write_text(json.dumps(args))
     command = [*launcher(1), "-m", "benchmarks.peer_open_clip", "--argv-json", str(argv_file)]
@@ -276,25 +307,82 @@ def mean_std(values: list[float]) -> dict[str, float]:
             "values": values}
 
 
+def trainer_order(records: list[RunRecord]) -> list[str]:
+    """Trainer keys present: ours, theirs, then the variants in the order they ran."""
+    present = dict.fromkeys(record.trainer for record in records)
+    return [key for key in TRAINERS if key in present] + [key for key in present if key not in TRAINERS]
+
+
 def summarize(records: list[RunRecord]) -> dict[str, dict]:
-    """{dataset: {metric: {"ours": {mean, std, values}, "theirs": ..., "diff": ours mean - theirs mean}}}"""
+    """{dataset: {metric: {"ours": {mean, std, values}, "theirs": ..., "diff": ours mean - theirs mean,
+    VARIANT: {mean, std, values, "vs_theirs": VARIANT mean - theirs mean, "vs_ours": ... - ours mean}}}}
+
+    "diff" needs both ours and theirs; a variant's "vs_*" appear when that baseline is present.
+    """
     summary: dict[str, dict] = {}
     for dataset in dict.fromkeys(record.dataset for record in records):
+        rows = [record for record in records if record.dataset == dataset]
         per_metric = {}
         for key, _, _ in METRICS:
-            by_trainer = {trainer: [r.metrics[key] for r in records if r.dataset == dataset and r.trainer == trainer]
-                          for trainer in TRAINERS}
-            if not all(by_trainer.values()):
-                continue
-            entry = {trainer: mean_std(values) for trainer, values in by_trainer.items()}
-            entry["diff"] = entry["ours"]["mean"] - entry["theirs"]["mean"]
+            entry = {trainer: mean_std([r.metrics[key] for r in rows if r.trainer == trainer])
+                     for trainer in trainer_order(rows)}
+            if "ours" in entry and "theirs" in entry:
+                entry["diff"] = entry["ours"]["mean"] - entry["theirs"]["mean"]
+            for variant in [trainer for trainer in trainer_order(rows) if trainer not in TRAINERS]:
+                for baseline in TRAINERS:
+                    if baseline in entry:
+                        entry[variant][f"vs_{baseline}"] = entry[variant]["mean"] - entry[baseline]["mean"]
             per_metric[key] = entry
         summary[dataset] = per_metric
     return summary
 
 
-def markdown(summary: dict[str, dict], setups: dict[str, DatasetSetup], info: dict, seeds: list[int]) -> str:
-    percent = lambda stats: f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+def percent(stats: dict) -> str:
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+
+
+def points(difference: float | None) -> str:
+    return "n/a" if difference is None else f"{round(100 * difference, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0"
+
+
+def baseline_table(summary: dict[str, dict], setups: dict[str, DatasetSetup]) -> list[str]:
+    """ours | open_clip_train | their difference, over whichever of the two ran (or were reused)."""
+    columns = [trainer for trainer in TRAINERS if any(trainer in entry for per_metric in summary.values()
+                                                      for entry in per_metric.values())]
+    if not columns:
+        return []
+    with_diff = len(columns) == len(TRAINERS)
+    header = ["dataset", "samples/run", "metric", *(TRAINERS[c] for c in columns)] + (["ours − theirs (points)"] * with_diff)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for dataset, per_metric in summary.items():
+        for key, _, label in METRICS:
+            entry = per_metric[key]
+            cells = [dataset, str(setups[dataset].samples), label, *(percent(entry[c]) for c in columns)]
+            if with_diff:
+                cells.append(points(entry["diff"]))
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def variant_table(summary: dict[str, dict], variants: list[Variant]) -> list[str]:
+    """One row set per variant: its mean ± std and its difference to open_clip_train and to ours."""
+    if not variants:
+        return []
+    lines = ["| variant | dataset | metric | mean ± std | − open_clip_train (points) | − ours (points) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for variant in variants:
+        for dataset, per_metric in summary.items():
+            for key, _, label in METRICS:
+                stats = per_metric[key].get(variant.name)
+                if stats is not None:
+                    lines.append(f"| {variant.name} | {dataset} | {label} | {percent(stats)} | "
+                                 f"{points(stats.get('vs_theirs'))} | {points(stats.get('vs_ours'))} |")
+    lines.append("")
+    return lines + [f"- {variant.name}: ours with `{' '.join(variant.overrides)}`" for variant in variants] + [""]
+
+
+def markdown(summary: dict[str, dict], setups: dict[str, DatasetSetup], info: dict, seeds: list[int],
+             variants: list[Variant] = (), baseline_json: str | None = None) -> str:
     lines = [
         f"Learning benchmark ({info['date']}, {info['device']}, {info['cpu_count']} CPUs, load avg at the end "
         f"{info['load_average_1m']}; torch {info['torch']}, open_clip {info['open_clip']})",
@@ -302,17 +390,10 @@ def markdown(summary: dict[str, dict], setups: dict[str, DatasetSetup], info: di
         f"Both trainers: {MODEL} from scratch, batch {BATCH_SIZE}, fp32, 1 process, AdamW lr {LR:g} wd {WEIGHT_DECAY:g}, "
         f"{WARMUP_FRACTION:.0%} warmup + cosine; seeds {', '.join(map(str, seeds))}; mean ± sample std over seeds, in %.",
         "",
-        "| dataset | samples/run | metric | ours (pretrain.train) | open_clip_train | ours − theirs (points) |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for dataset, per_metric in summary.items():
-        for key, _, label in METRICS:
-            if key not in per_metric:
-                continue
-            entry = per_metric[key]
-            lines.append(f"| {dataset} | {setups[dataset].samples} | {label} | {percent(entry['ours'])} | "
-                         f"{percent(entry['theirs'])} | {round(100 * entry['diff'], 1) + 0.0:+.1f} |")  # + 0.0: no "-0.0"
-    lines.append("")
+    if baseline_json:
+        lines += [f"ours/open_clip_train records reused from {baseline_json} (not re-trained).", ""]
+    lines += baseline_table(summary, setups) + variant_table(summary, list(variants))
     for setup in setups.values():
         lines += [f"- {note}" for note in setup.notes]
     return "\n".join(lines) + "\n"
@@ -344,7 +425,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shared-data", default=str(DEFAULT_SHARED), help="holds coco-mini and cifar10-test-2k")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both trainers (default: CPUs)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (shards, logs, exports)")
+    parser.add_argument("--trainers", default="ours,peer", help="baseline trainers to run: comma list of ours, peer; or none")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...",
+                        help="one more ours run with these pretrain.train overrides (repeatable)")
+    parser.add_argument("--baseline-json", default=None, metavar="PATH",
+                        help="reuse the --trainers records of this results JSON instead of training them")
     return parser.parse_args(argv)
+
+
+def parse_trainers(text: str) -> list[str]:
+    """--trainers -> record keys ("peer" records are "theirs")."""
+    if text.strip() == "none":
+        return []
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CLI_TRAINERS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise BenchError(f"--trainers: {text!r}; a comma list of {', '.join(CLI_TRAINERS)} without repeats, or none")
+    return [CLI_TRAINERS[name] for name in CLI_TRAINERS if name in names]
+
+
+def parse_variant(text: str) -> Variant:
+    """'NAME:key=value,key=value' -> Variant; NAME a word (it names run dirs and table rows)."""
+    name, sep, body = text.partition(":")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise BenchError(f"--variant {text!r}: expected NAME:key=value,... with NAME of letters, digits and _")
+    if name in RESERVED_NAMES:
+        raise BenchError(f"--variant {text!r}: {name!r} is reserved; pick another name")
+    overrides = tuple(item.strip() for item in body.split(","))
+    bad = [item for item in overrides if not item.partition("=")[0].strip() or "=" not in item]
+    if not body.strip() or bad:
+        raise BenchError(f"--variant {name}: {(bad or [body])[0]!r} is not key=value (e.g. loss.mlm_weight=0.1)")
+    return Variant(name, overrides)
+
+
+def parse_variants(texts: list[str]) -> list[Variant]:
+    variants = [parse_variant(text) for text in texts]
+    names = [variant.name for variant in variants]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise BenchError(f"--variant: name {repeated[0]!r} given twice; each variant needs its own name")
+    return variants
+
+
+def check_variant_configs(variants: list[Variant], samples: int) -> None:
+    """Loads each variant's full config once, so a bad key or value fails before any training."""
+    from clip_pretrain.pretrain.config import load_config
+
+    for variant in variants:
+        overrides = ours_overrides(recipe(samples, 0), "unused.tar", Path("unused-run-dir"), variant)
+        try:
+            load_config(BASE_CONFIG, overrides)
+        except ValueError as error:  # ConfigError is a ValueError
+            raise BenchError(f"--variant {variant.name}: {error}") from None
 
 
 def check_args(args: argparse.Namespace) -> list[str]:
@@ -365,6 +497,50 @@ def budget(args: argparse.Namespace, dataset: str) -> int:
     return samples // BATCH_SIZE * BATCH_SIZE
 
 
+def recipe_settings(samples: dict[str, int]) -> dict:
+    """What every run of a results JSON shares; a reused baseline must match it."""
+    return {"model": MODEL, "batch_size": BATCH_SIZE, "lr": LR, "weight_decay": WEIGHT_DECAY,
+            "betas": [BETA1, BETA2], "eps": EPS, "grad_clip": GRAD_CLIP, "warmup_fraction": WARMUP_FRACTION,
+            "precision": "fp32", "processes": 1, "data_workers": 1,
+            "datasets": {name: {"samples": count} for name, count in samples.items()}}
+
+
+def recipe_mismatch(payload: dict, samples: dict[str, int], seeds: list[int]) -> str | None:
+    """The first field where a results JSON's recipe differs from this run's, as 'FIELD X, this run Y'."""
+    mine, theirs = recipe_settings(samples), payload.get("settings", {})
+    for key in mine:
+        if key != "datasets" and theirs.get(key) != mine[key]:
+            return f"{key} {theirs.get(key)!r}, this run {mine[key]!r}"
+    datasets = {name: entry.get("samples") for name, entry in theirs.get("datasets", {}).items()}
+    if not set(samples) <= set(datasets):  # a subset is fine: ablate demo against a demo+coco baseline
+        return f"datasets {','.join(datasets)}, this run {','.join(samples)}"
+    for name, count in samples.items():
+        if datasets[name] != count:
+            return f"{name} samples {datasets[name]}, this run {count}"
+    if payload.get("seeds") != seeds:
+        return f"seeds {payload.get('seeds')}, this run {seeds}"
+    return None
+
+
+def load_baseline(path: str, samples: dict[str, int], seeds: list[int], trainers: list[str]) -> list[RunRecord]:
+    """The `trainers` records of a previous results JSON, refused unless its recipe is this run's
+    and it holds every (dataset, seed, trainer) this run needs."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise BenchError(f"--baseline-json: cannot read {path}: {error}") from None
+    mismatch = recipe_mismatch(payload, samples, seeds)
+    if mismatch:
+        raise BenchError(f"--baseline-json: {path} has {mismatch}; rerun the baseline with this recipe")
+    records = [RunRecord(**run) for run in payload.get("runs", [])
+               if run.get("trainer") in trainers and run.get("dataset") in samples]
+    have = {(record.dataset, record.seed, record.trainer) for record in records}
+    for need in [(dataset, seed, trainer) for dataset in samples for seed in seeds for trainer in trainers]:
+        if need not in have:
+            raise BenchError(f"--baseline-json: {path} has no run for dataset {need[0]} seed {need[1]} {TRAINERS[need[2]]}")
+    return records
+
+
 def prepare(datasets: list[str], args: argparse.Namespace, work: Path, threads: int) -> dict[str, DatasetSetup]:
     setups = {}
     shared = Path(args.shared_data)
@@ -382,19 +558,24 @@ def prepare(datasets: list[str], args: argparse.Namespace, work: Path, threads: 
     return setups
 
 
-def run_all(setups: dict[str, DatasetSetup], seeds: list[int], work: Path, threads: int) -> list[RunRecord]:
-    plan = [(setup, seed, trainer) for setup in setups.values() for seed in seeds for trainer in TRAINERS]
+def run_all(setups: dict[str, DatasetSetup], seeds: list[int], work: Path, threads: int, trainers: list[str],
+            variants: list[Variant]) -> list[RunRecord]:
+    plan = [(setup, seed, trainer) for setup in setups.values() for seed in seeds
+            for trainer in [*trainers, *variants]]
     records: list[RunRecord] = []
     start = time.perf_counter()
     for index, (setup, seed, trainer) in enumerate(plan, start=1):
-        label = f"[{index}/{len(plan)}] {setup.name} seed {seed} {TRAINERS[trainer]}"
+        name = trainer.name if isinstance(trainer, Variant) else trainer
+        label = f"[{index}/{len(plan)}] {setup.name} seed {seed} {TRAINERS.get(name, f'variant {name}')}"
         say(f"{label}: training {setup.samples} samples")
-        train = train_ours if trainer == "ours" else train_theirs
-        export, train_s, log = train(setup, seed, work, threads)
+        if isinstance(trainer, Variant):
+            export, train_s, log = train_ours(setup, seed, work, threads, trainer)
+        else:
+            export, train_s, log = (train_ours if trainer == "ours" else train_theirs)(setup, seed, work, threads)
         eval_start = time.perf_counter()
         metrics = score(export, setup.suite)
         eval_s = time.perf_counter() - eval_start
-        records.append(RunRecord(setup.name, seed, trainer, metrics, train_s, eval_s, log))
+        records.append(RunRecord(setup.name, seed, name, metrics, train_s, eval_s, log))
         elapsed = time.perf_counter() - start
         eta = elapsed / index * (len(plan) - index)
         shown = ", ".join(f"{key} {100 * value:.1f}%" for key, value in metrics.items())
@@ -402,21 +583,49 @@ def run_all(setups: dict[str, DatasetSetup], seeds: list[int], work: Path, threa
     return records
 
 
+@dataclass
+class Plan:
+    """What to train (`trainers`, `variants`) and what to reuse (`reused`, from --baseline-json)."""
+
+    datasets: list[str]
+    seeds: list[int]
+    trainers: list[str]
+    variants: list[Variant]
+    reused: list[RunRecord]
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Every check that needs no training, so a bad flag fails in seconds."""
+    datasets = check_args(args)
+    seeds = list(range(args.seeds))
+    trainers, variants = parse_trainers(args.trainers), parse_variants(args.variant)
+    if not trainers and not variants:
+        raise BenchError("--trainers none with no --variant: nothing to run")
+    samples = {dataset: budget(args, dataset) for dataset in datasets}
+    check_variant_configs(variants, min(samples.values()))
+    if args.baseline_json is None:
+        return Plan(datasets, seeds, trainers, variants, [])
+    if not trainers:
+        raise BenchError("--baseline-json: --trainers none reuses nothing from it; name the trainers to reuse")
+    return Plan(datasets, seeds, [], variants, load_baseline(args.baseline_json, samples, seeds, trainers))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        datasets = check_args(args)
+        plan = make_plan(args)
         threads = args.threads or len(os.sched_getaffinity(0))
         torch.set_num_threads(threads)
         with tempfile.TemporaryDirectory(prefix="learning-bench-") as tmp:
             work = Path(tempfile.mkdtemp(prefix="learning-bench-keep-")) if args.keep else Path(tmp)
             start = time.perf_counter()
-            setups = prepare(datasets, args, work, threads)
+            setups = prepare(plan.datasets, args, work, threads)
             if not setups:
                 raise BenchError("no dataset to run")
-            seeds = list(range(args.seeds))
-            records = run_all(setups, seeds, work, threads)
-            write_results(Path(args.out), setups, records, seeds, time.perf_counter() - start, argv)
+            records = run_all(setups, plan.seeds, work, threads, plan.trainers, plan.variants)
+            reused = [record for record in plan.reused if record.dataset in setups]
+            write_results(Path(args.out), setups, reused + records, plan, time.perf_counter() - start, argv,
+                          args.baseline_json)
             if args.keep:
                 say(f"kept shards, logs and exports in {work}")
     except (BenchError, ValueError, FileNotFoundError) as error:
@@ -425,20 +634,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_results(out: Path, setups: dict[str, DatasetSetup], records: list[RunRecord], seeds: list[int],
-                  total_s: float, argv: list[str] | None) -> None:
+def write_results(out: Path, setups: dict[str, DatasetSetup], records: list[RunRecord], plan: Plan,
+                  total_s: float, argv: list[str] | None, baseline_json: str | None = None) -> None:
     info = machine_info()
     summary = summarize(records)
-    table = markdown(summary, setups, info, seeds)
+    table = markdown(summary, setups, info, plan.seeds, plan.variants, baseline_json)
     command = "python -m benchmarks.learning_bench " + " ".join(sys.argv[1:] if argv is None else argv)
     table += f"\nTotal wall time {minutes(total_s)}. Command: `{command.strip()}`\n"
+    settings = recipe_settings({name: setup.samples for name, setup in setups.items()})
+    for name, setup in setups.items():
+        settings["datasets"][name]["notes"] = setup.notes
     payload = {
-        "machine": info, "command": command.strip(), "total_s": total_s, "seeds": seeds,
-        "settings": {"model": MODEL, "batch_size": BATCH_SIZE, "lr": LR, "weight_decay": WEIGHT_DECAY,
-                     "betas": [BETA1, BETA2], "eps": EPS, "grad_clip": GRAD_CLIP, "warmup_fraction": WARMUP_FRACTION,
-                     "precision": "fp32", "processes": 1, "data_workers": 1,
-                     "datasets": {name: {"samples": s.samples, "notes": s.notes} for name, s in setups.items()}},
-        "summary": summary, "runs": [asdict(record) for record in records],
+        "machine": info, "command": command.strip(), "total_s": total_s, "seeds": plan.seeds, "settings": settings,
+        "variants": {variant.name: list(variant.overrides) for variant in plan.variants},
+        "baseline_json": baseline_json, "summary": summary, "runs": [asdict(record) for record in records],
     }
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"learning-{datetime.date.today().isoformat()}-cpu"

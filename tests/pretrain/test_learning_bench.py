@@ -1,4 +1,5 @@
-"""benchmarks.learning_bench: open_clip_train checkpoint conversion, the coco hold-out, the summary, end to end."""
+"""benchmarks.learning_bench: open_clip_train checkpoint conversion, the coco hold-out, the summary, ablation
+flags (--variant, --trainers, --baseline-json), end to end."""
 from __future__ import annotations
 
 import json
@@ -71,6 +72,143 @@ def test_summary_means_stds_and_difference() -> None:
     entry = bench.summarize(records)["demo"]["zeroshot_top1"]
     assert entry["ours"]["mean"] == pytest.approx(0.3) and entry["ours"]["std"] == pytest.approx(0.1414, abs=1e-4)
     assert entry["theirs"]["std"] == 0.0 and entry["diff"] == pytest.approx(0.2)
+
+
+def record(seed: int, trainer: str, value: float, dataset: str = "demo") -> bench.RunRecord:
+    return bench.RunRecord(dataset, seed, trainer, {key: value for key, _, _ in bench.METRICS}, 1.0, 1.0, "log")
+
+
+def test_parse_variant_and_trainers() -> None:
+    variant = bench.parse_variant("cyc_1:loss.mlm_weight=0.1, optim.lr=1e-3")
+    assert variant == bench.Variant("cyc_1", ("loss.mlm_weight=0.1", "optim.lr=1e-3"))
+    assert bench.parse_variant("a:data.train=x=y").overrides == ("data.train=x=y",)  # value may hold '='
+    assert bench.parse_trainers("peer,ours") == ["ours", "theirs"]
+    assert bench.parse_trainers("none") == [] and bench.parse_trainers("peer") == ["theirs"]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("noname", "expected NAME:key=value"),
+    ("bad-name:optim.lr=1", "expected NAME:key=value"),
+    (":optim.lr=1", "expected NAME:key=value"),
+    ("ours:optim.lr=1", "'ours' is reserved"),
+    ("peer:optim.lr=1", "'peer' is reserved"),
+    ("a:", "--variant a: '' is not key=value"),
+    ("a:optim.lr=1,", "--variant a: '' is not key=value"),
+    ("a:optim.lr", "--variant a: 'optim.lr' is not key=value"),
+    ("a:=1", "--variant a: '=1' is not key=value"),
+])
+def test_parse_variant_refuses(text: str, match: str) -> None:
+    with pytest.raises(bench.BenchError, match=match):
+        bench.parse_variant(text)
+
+
+@pytest.mark.parametrize("text", ["", "ours,ours", "ours,theirs", "none,ours"])
+def test_parse_trainers_refuses(text: str) -> None:
+    with pytest.raises(bench.BenchError, match="--trainers"):
+        bench.parse_trainers(text)
+
+
+def test_variant_names_are_unique() -> None:
+    with pytest.raises(bench.BenchError, match="name 'a' given twice"):
+        bench.parse_variants(["a:optim.lr=1", "b:optim.lr=2", "a:optim.lr=3"])
+
+
+def test_variant_config_is_loaded_before_training() -> None:
+    bench.check_variant_configs([bench.parse_variant("ok:loss.mlm_weight=0.1")], 6016)
+    variants = [bench.parse_variant("ok:loss.mlm_weight=0.1"), bench.parse_variant("typo:loss.mlm_wieght=0.1")]
+    with pytest.raises(bench.BenchError, match=r"^--variant typo: config key loss.mlm_wieght: unknown key"):
+        bench.check_variant_configs(variants, 6016)
+
+
+def test_nothing_to_run_and_baseline_without_trainers_are_refused() -> None:
+    with pytest.raises(bench.BenchError, match="nothing to run"):
+        bench.make_plan(bench.parse_args(["--trainers", "none"]))
+    args = bench.parse_args(["--trainers", "none", "--baseline-json", "x.json", "--variant", "a:optim.lr=1e-3"])
+    with pytest.raises(bench.BenchError, match="--baseline-json: --trainers none reuses nothing"):
+        bench.make_plan(args)
+
+
+def write_baseline(tmp_path, samples: dict, seeds: list[int], **settings) -> str:
+    runs = [vars(record(seed, trainer, 0.1 * seed, dataset)) for dataset in samples for seed in seeds
+            for trainer in ("ours", "theirs")]
+    payload = {"seeds": seeds, "settings": {**bench.recipe_settings(samples), **settings}, "runs": runs}
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(payload))
+    return str(path)
+
+
+def test_baseline_records_are_reused(tmp_path) -> None:
+    path = write_baseline(tmp_path, {"demo": 6016, "coco": 3008}, [0, 1])
+    args = bench.parse_args(["--datasets", "demo", "--seeds", "2", "--baseline-json", path, "--variant", "a:optim.lr=1e-3"])
+    plan = bench.make_plan(args)
+    assert plan.trainers == [] and [variant.name for variant in plan.variants] == ["a"]  # only the variant trains
+    assert {(r.dataset, r.seed, r.trainer) for r in plan.reused} == {("demo", s, t) for s in (0, 1) for t in ("ours", "theirs")}
+    plan = bench.make_plan(bench.parse_args(["--datasets", "demo", "--seeds", "2", "--baseline-json", path, "--trainers", "peer"]))
+    assert {r.trainer for r in plan.reused} == {"theirs"}
+
+
+@pytest.mark.parametrize("flags, settings, match", [
+    (["--seeds", "3"], {}, r"has seeds \[0, 1\], this run \[0, 1, 2\]"),
+    (["--samples", "640"], {}, "has demo samples 6016, this run 640"),
+    ([], {"lr": 1e-3}, "has lr 0.001, this run 0.002"),
+    ([], {"model": "clip-small"}, "has model 'clip-small', this run 'clip-tiny'"),
+    ([], {"batch_size": 32}, "has batch_size 32, this run 64"),
+    (["--datasets", "demo,coco"], {}, "has datasets demo, this run demo,coco"),
+])
+def test_baseline_with_another_recipe_is_refused(tmp_path, flags, settings, match) -> None:
+    path = write_baseline(tmp_path, {"demo": 6016}, [0, 1], **settings)
+    args = bench.parse_args(["--datasets", "demo", "--seeds", "2", *flags, "--baseline-json", path])
+    with pytest.raises(bench.BenchError, match="^--baseline-json: .*" + match):
+        bench.make_plan(args)
+
+
+def test_baseline_missing_a_run_is_refused(tmp_path) -> None:
+    path = write_baseline(tmp_path, {"demo": 6016}, [0, 1])
+    payload = json.loads(open(path).read())
+    payload["runs"] = [run for run in payload["runs"] if (run["seed"], run["trainer"]) != (1, "theirs")]
+    open(path, "w").write(json.dumps(payload))
+    with pytest.raises(bench.BenchError, match="has no run for dataset demo seed 1 open_clip_train"):
+        bench.load_baseline(path, {"demo": 6016}, [0, 1], ["ours", "theirs"])
+
+
+def test_committed_baseline_is_reusable() -> None:
+    path = str(bench.REPO / "benchmarks" / "results" / "learning-2026-11-28-cpu.json")
+    records = bench.load_baseline(path, {"demo": 6016, "coco": 3008}, [0, 1, 2], ["ours", "theirs"])
+    assert len(records) == 12
+
+
+def variant_records() -> list[bench.RunRecord]:
+    return [record(0, "ours", 0.2), record(1, "ours", 0.4), record(0, "theirs", 0.1), record(1, "theirs", 0.1),
+            record(0, "cyc", 0.5), record(1, "cyc", 0.5)]
+
+
+def test_summary_with_variants() -> None:
+    entry = bench.summarize(variant_records())["demo"]["zeroshot_top1"]
+    assert list(entry) == ["ours", "theirs", "cyc", "diff"]
+    assert entry["cyc"]["mean"] == pytest.approx(0.5) and entry["cyc"]["std"] == 0.0
+    assert entry["cyc"]["vs_theirs"] == pytest.approx(0.4) and entry["cyc"]["vs_ours"] == pytest.approx(0.2)
+    alone = bench.summarize([r for r in variant_records() if r.trainer == "cyc"])["demo"]["zeroshot_top1"]
+    assert set(alone) == {"cyc"} and "vs_ours" not in alone["cyc"]  # no baseline ran: no difference
+
+
+def test_markdown_with_variants() -> None:
+    setups = {"demo": bench.DatasetSetup("demo", "shards", bench.REPO, 6016, ["a note"])}
+    info = {"date": "D", "device": "cpu", "cpu_count": 2, "load_average_1m": 1.0, "torch": "T", "open_clip": "O"}
+    variants = [bench.Variant("cyc", ("loss.mlm_weight=0.1",))]
+    table = bench.markdown(bench.summarize(variant_records()), setups, info, [0, 1], variants, "base.json")
+    assert "| dataset | samples/run | metric | ours (pretrain.train) | open_clip_train | ours − theirs (points) |" in table
+    assert "| demo | 6016 | zero-shot top-1 | 30.0 ± 14.1 | 10.0 ± 0.0 | +20.0 |" in table
+    assert "| variant | dataset | metric | mean ± std | − open_clip_train (points) | − ours (points) |" in table
+    assert "| cyc | demo | text->image R@1 | 50.0 ± 0.0 | +40.0 | +20.0 |" in table
+    assert "- cyc: ours with `loss.mlm_weight=0.1`" in table and "reused from base.json" in table
+    alone = bench.markdown(bench.summarize([r for r in variant_records() if r.trainer == "cyc"]), setups, info,
+                           [0, 1], variants)
+    assert "ours (pretrain.train)" not in alone and "| cyc | demo | zero-shot top-1 | 50.0 ± 0.0 | n/a | n/a |" in alone
+    ours_only = bench.markdown(bench.summarize([r for r in variant_records() if r.trainer != "theirs"]), setups, info,
+                               [0, 1], variants)  # --trainers ours: no peer column, no difference column
+    assert "| dataset | samples/run | metric | ours (pretrain.train) |\n" in ours_only
+    assert "| demo | 6016 | zero-shot top-1 | 30.0 ± 14.1 |\n" in ours_only
+    assert "| cyc | demo | zero-shot top-1 | 50.0 ± 0.0 | n/a | +20.0 |" in ours_only
 
 
 @pytest.mark.slow
