@@ -1,5 +1,5 @@
 """The option matrix, trained end to end: 2 processes (gloo), every precision x ZeRO stage 0/2/3,
-MLM, gradient accumulation, SigLIP, local loss and resampled mode. Each run must give finite
+MLM, gradient accumulation, SigLIP, local loss, CyCLIP and resampled mode. Each run must give finite
 losses that go down and an export that open_clip loads and runs."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ RUNS = {
     "fp32-zero0-localloss-resampled": ["precision=fp32", "zero.stage=0", "loss.local_loss=true", "data.mode=resampled"],
     "fp16-zero0-mlm": ["precision=fp16", "zero.stage=0", MLM],
     "fp16-zero2-noclip": ["precision=fp16", "zero.stage=2", "optim.grad_clip=0"],
+    "fp32-zero2-cyclip": ["precision=fp32", "zero.stage=2", "loss.cyclip_cross_weight=0.25", "loss.cyclip_inmodal_weight=0.25"],
 }
 
 
@@ -56,6 +57,9 @@ def test_option_trains_end_to_end(name, demo_shards, tmp_path):
     assert metrics[-1]["nonfinite_steps"] == 0
     if MLM in RUNS[name]:
         assert metrics[-1]["mlm"] > 0
+    if "cyclip" in name:  # both terms logged, and the total includes them
+        assert all(m["cyclip_cross"] >= 0 and m["cyclip_inmodal"] > 0 for m in metrics if "loss" in m)
+        assert metrics[-1]["loss"] > metrics[-1]["contrastive"]
 
     config = read_model_config(run_dir / "export")
     open_clip.add_model_config(str(REPO / "pretrain" / "model_configs"))
