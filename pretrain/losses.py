@@ -1,4 +1,4 @@
-"""Contrastive (InfoNCE / SigLIP) and MLM losses: pure functions of tensors.
+"""Contrastive (InfoNCE / SigLIP), CyCLIP consistency and MLM losses: pure functions of tensors.
 
 Distributed convention (same as open_clip + DDP/DeepSpeed): every rank returns its own loss; the
 engine averages parameter gradients over ranks. With that averaging, the update equals one process
@@ -34,6 +34,8 @@ class LossConfig:
     init_logit_bias: float | None = None  # SigLIP only; null: -10
     mlm_weight: float = 0.0
     mlm_probability: float = 0.15
+    cyclip_cross_weight: float = 0.0  # CyCLIP (Goel et al. 2022) regularisers; 0 = off, the paper uses 0.25
+    cyclip_inmodal_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
@@ -47,6 +49,9 @@ class LossConfig:
             raise ValueError(f"mlm_weight: must be >= 0 (0 turns MLM off; DeCLIP uses ~0.2), got {self.mlm_weight!r}")
         if not (isinstance(self.mlm_probability, (int, float)) and 0 < self.mlm_probability < 1):
             raise ValueError(f"mlm_probability: must be in (0, 1) (BERT uses 0.15), got {self.mlm_probability!r}")
+        for name, value in (("cyclip_cross_weight", self.cyclip_cross_weight), ("cyclip_inmodal_weight", self.cyclip_inmodal_weight)):
+            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise ValueError(f"{name}: must be a finite number >= 0 (0 is off; CyCLIP uses 0.25), got {value!r}")
         if self.kind == "siglip" and self.local_loss:
             raise ValueError("local_loss: SigLIP is already local (neighbour exchange); set local_loss: false")
         _check_temperature(self)
@@ -230,6 +235,35 @@ def siglip_loss(
     return loss
 
 
+def cyclip_losses(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    local_loss: bool = False,
+    gather_with_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CyCLIP's (cross-modal, in-modal) cyclic consistency over the global batch of N pairs.
+
+    image_features I, text_features T: [b, D] L2-normalised local features. With every rank's
+    features gathered, cross = ||I T^T - T I^T||_F^2 / N and in-modal = ||I I^T - T T^T||_F^2 / N.
+    That is the reference code's normalisation (goel-shashank/CyCLIP, src/train.py `get_loss`:
+    mean over the N x N squared differences of logit_scale-scaled logits, divided by
+    logit_scale^2, times batch_size), so weights transfer from the paper (0.25 each); the scale
+    cancels, so no temperature enters here. local_loss=True keeps only this rank's b rows and
+    divides by b: the mean over ranks is the same loss, without building [N, N] matrices.
+    Returns two scalars.
+    """
+    image_features, text_features = image_features.float(), text_features.float()
+    all_images = gather_features(image_features, rank, world_size, with_grad=gather_with_grad)
+    all_texts = gather_features(text_features, rank, world_size, with_grad=gather_with_grad)
+    images, texts = (image_features, text_features) if local_loss else (all_images, all_texts)
+    cross = (images @ all_texts.T - texts @ all_images.T).square().sum() / images.shape[0]
+    inmodal = (images @ all_images.T - texts @ all_texts.T).square().sum() / images.shape[0]
+    return cross, inmodal
+
+
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy on masked positions. logits [B, L, V], labels [B, L] (-100 = not masked).
 
@@ -255,11 +289,13 @@ def compute_objective(
     rank: int = 0,
     world_size: int = 1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """total = contrastive + mlm_weight * MLM, plus detached parts for logging.
+    """total = contrastive + mlm_weight * MLM + the CyCLIP terms' weights x terms, plus detached
+    parts for logging.
 
     outputs: DualEncoder.forward dict; batch: loader dict ("mlm_labels" needed when MLM is on).
     parts: "contrastive", "mlm", "mlm_accuracy" (0 when MLM is off), "temperature" (clamped
-    exp(logit_scale)) and, for SigLIP, "logit_bias".
+    exp(logit_scale)), "cyclip_cross" / "cyclip_inmodal" when their weight is > 0 and, for
+    SigLIP, "logit_bias".
     """
     image_features, text_features = outputs.get("image_features"), outputs.get("text_features")
     if image_features is None or text_features is None:
@@ -290,16 +326,33 @@ def compute_objective(
         else:
             mlm, mlm_accuracy = mlm_loss(outputs["mlm_logits"], batch["mlm_labels"])
         total = contrastive + loss_cfg.mlm_weight * mlm
+    total, cyclip_parts = _add_cyclip(total, image_features, text_features, loss_cfg, rank, world_size)
     parts = {
         "contrastive": contrastive.detach(),
         "mlm": mlm.detach(),
         "mlm_accuracy": mlm_accuracy.detach(),
         "temperature": logit_scale_value(logit_scale.detach(), loss_cfg.max_logit_scale,
                                          loss_cfg.min_logit_scale).reshape(()),
+        **cyclip_parts,
     }
     if loss_cfg.kind == "siglip":
         parts["logit_bias"] = outputs["logit_bias"].detach().float().reshape(())
     return total, parts
+
+
+def _add_cyclip(total: torch.Tensor, image_features: torch.Tensor, text_features: torch.Tensor,
+                loss_cfg: LossConfig, rank: int, world_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """total + the enabled CyCLIP terms, and their detached values keyed by log name."""
+    weights = {"cyclip_cross": loss_cfg.cyclip_cross_weight, "cyclip_inmodal": loss_cfg.cyclip_inmodal_weight}
+    if not any(weights.values()):
+        return total, {}  # off: no second gather, no [N, N] products, no log columns
+    # SigLIP never all-gathers for its own loss; local rows keep CyCLIP at [b, N] there too.
+    local = loss_cfg.local_loss or loss_cfg.kind == "siglip"
+    terms = dict(zip(weights, cyclip_losses(image_features, text_features, rank=rank, world_size=world_size,
+                                            local_loss=local, gather_with_grad=loss_cfg.gather_with_grad)))
+    enabled = {name: terms[name] for name, weight in weights.items() if weight > 0}
+    total = total + sum(weights[name] * term for name, term in enabled.items())
+    return total, {name: term.detach() for name, term in enabled.items()}
 
 
 def _is_no_decay(name: str, param: nn.Parameter) -> bool:

@@ -212,7 +212,8 @@ def render(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     records, evaluation = read_metrics(run_dir), last_eval(run_dir)
     fig = plt.figure(figsize=(15, 14))
     grid = GridSpec(3, 3, figure=fig, height_ratios=[1, 1, 1.4], hspace=0.38, wspace=0.3, top=0.95)
-    plot_lines(fig.add_subplot(grid[0, 0]), records, ("loss", "contrastive", "mlm"), "loss and its parts")
+    plot_lines(fig.add_subplot(grid[0, 0]), records, ("loss", "contrastive", "mlm", "cyclip_cross", "cyclip_inmodal"),
+               "loss and its parts")
     plot_lines(fig.add_subplot(grid[0, 1]), records, ("lr",), "learning rate")
     plot_lines(fig.add_subplot(grid[0, 2]), records, ("temperature", "logit_bias"), "temperature (exp logit_scale)")
     plot_throughput(fig.add_subplot(grid[1, 0]), records)

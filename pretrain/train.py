@@ -124,8 +124,8 @@ def read_interval(interval: StepMetrics, engine, loader, cfg: TrainConfig, dist:
             "the last checkpoint is intact"
         )
     global_batch, seconds = cfg.global_batch(dist.world_size), max(values["interval_s"], 1e-9)
-    parts = {name: values[name] for name in ("loss", "contrastive", "mlm", "mlm_accuracy", "temperature", "logit_bias")
-             if name in values}
+    names = ("loss", "contrastive", "mlm", "mlm_accuracy", "cyclip_cross", "cyclip_inmodal", "temperature", "logit_bias")
+    parts = {name: values[name] for name in names if name in values}
     return {
         **parts,
         "lr": float(engine.get_lr()[0]),

@@ -63,19 +63,15 @@ def test_coco_holdout_is_fixed_and_disjoint() -> None:
     assert sorted(row["image"] for row in heldout) == sorted(row["image"] for row in heldout_reversed)
 
 
-def test_summary_means_stds_and_difference() -> None:
-    def record(seed: int, trainer: str, value: float) -> bench.RunRecord:
-        metrics = {key: value for key, _, _ in bench.METRICS}
-        return bench.RunRecord("demo", seed, trainer, metrics, 1.0, 1.0, "log")
+def record(seed: int, trainer: str, value: float, dataset: str = "demo") -> bench.RunRecord:
+    return bench.RunRecord(dataset, seed, trainer, {key: value for key, _, _ in bench.METRICS}, 1.0, 1.0, "log")
 
+
+def test_summary_means_stds_and_difference() -> None:
     records = [record(0, "ours", 0.2), record(1, "ours", 0.4), record(0, "theirs", 0.1), record(1, "theirs", 0.1)]
     entry = bench.summarize(records)["demo"]["zeroshot_top1"]
     assert entry["ours"]["mean"] == pytest.approx(0.3) and entry["ours"]["std"] == pytest.approx(0.1414, abs=1e-4)
     assert entry["theirs"]["std"] == 0.0 and entry["diff"] == pytest.approx(0.2)
-
-
-def record(seed: int, trainer: str, value: float, dataset: str = "demo") -> bench.RunRecord:
-    return bench.RunRecord(dataset, seed, trainer, {key: value for key, _, _ in bench.METRICS}, 1.0, 1.0, "log")
 
 
 def test_parse_variant_and_trainers() -> None:

@@ -1,5 +1,5 @@
 """The option matrix, trained end to end: 2 processes (gloo), every precision x ZeRO stage 0/2/3,
-MLM, gradient accumulation, SigLIP, local loss and resampled mode. Each run must give finite
+MLM, gradient accumulation, SigLIP, local loss, CyCLIP and resampled mode. Each run must give finite
 losses that go down and an export that open_clip loads and runs."""
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ RUNS = {
     "bf16-zero2-siglip-ema-temperature": ["precision=bf16", "zero.stage=2", "loss.kind=siglip", "ema.decay=0.9",
                                           "loss.init_logit_scale=10", "loss.init_logit_bias=-5",
                                           "optim.logit_scale_lr=1e-3"],
+    "fp32-zero2-cyclip": ["precision=fp32", "zero.stage=2", "loss.cyclip_cross_weight=0.25", "loss.cyclip_inmodal_weight=0.25"],
 }
 
 
@@ -63,6 +64,9 @@ def test_option_trains_end_to_end(name, demo_shards, tmp_path):
         assert all(m["logit_scale_lr"] == pytest.approx(m["lr"] / 2, rel=1e-6) for m in metrics), metrics
     if "ema.decay=0.9" in RUNS[name]:  # export: the EMA weights; export-raw: the trained ones
         assert (run_dir / "export-raw" / "model.safetensors").is_file()
+    if "cyclip" in name:  # both terms logged, and the total includes them
+        assert all(m["cyclip_cross"] >= 0 and m["cyclip_inmodal"] > 0 for m in metrics if "loss" in m)
+        assert metrics[-1]["loss"] > metrics[-1]["contrastive"]
 
     config = read_model_config(run_dir / "export")
     open_clip.add_model_config(str(REPO / "pretrain" / "model_configs"))

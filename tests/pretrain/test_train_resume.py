@@ -101,6 +101,20 @@ def test_resume_is_exact_with_ema_and_temperature_options(demo_shards, tmp_path)
     assert not torch.equal(ema["text_projection"], raw["text_projection"])  # the export is the average
 
 
+def test_resume_is_exact_with_cyclip(demo_shards, tmp_path):
+    """CyCLIP's terms are pure functions of the gathered features (no state of their own): a resumed
+    2-process run continues the loss, CyCLIP parts included, exactly."""
+    args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", "zero.stage=0",
+            "loss.cyclip_cross_weight=0.25", "loss.cyclip_inmodal_weight=0.25"]
+    torchrun(2, [*args, f"run_dir={tmp_path / 'full'}"])
+    assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: torchrun(2, [*args, *extra]))
+    parts = {run: [(m["step"], name, m[name]) for m in read_metrics(tmp_path / run)
+                   if m["step"] >= 4 and "loss" in m for name in ("cyclip_cross", "cyclip_inmodal")] for run in ("full", "resumed")}
+    assert len(parts["full"]) == 6 and all(value > 0 for _, _, value in parts["full"])
+    for (step, name, value), (_, _, resumed) in zip(parts["full"], parts["resumed"], strict=True):
+        assert resumed == pytest.approx(value, abs=1e-6), (step, name)
+
+
 def test_device_decode_trains_like_cpu_decode_and_resumes_exactly(demo_shards, tmp_path):
     """data.decode=gpu (run here with torchvision's CPU decoder in the trainer process): the
     losses follow CPU decode's (same crops, pixels within the resampling kernel's noise), and a
