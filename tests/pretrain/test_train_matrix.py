@@ -1,5 +1,5 @@
 """The option matrix, trained end to end: 2 processes (gloo), every precision x ZeRO stage 0/2/3,
-MLM, gradient accumulation, SigLIP, local loss and resampled mode. Each run must give finite
+MLM, gradient accumulation (also with the feature cache), SigLIP, local loss and resampled mode. Each run must give finite
 losses that go down and an export that open_clip loads and runs."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ RUNS = {
     "fp32-zero0-localloss-resampled": ["precision=fp32", "zero.stage=0", "loss.local_loss=true", "data.mode=resampled"],
     "fp16-zero0-mlm": ["precision=fp16", "zero.stage=0", MLM],
     "fp16-zero2-noclip": ["precision=fp16", "zero.stage=2", "optim.grad_clip=0"],
+    "bf16-zero2-accumfeat": ["precision=bf16", "zero.stage=2", "loss.accum_features=true"],
 }
 
 
