@@ -37,16 +37,8 @@ def cached_train_step(engine, optimizer: torch.optim.Optimizer, batches: Iterato
     if engine.micro_steps % cfg.grad_accum:  # a host int: the K backward passes must end on the boundary
         raise RuntimeError(f"loss.accum_features: engine is {engine.micro_steps % cfg.grad_accum} micro-batches "
                            "into an accumulation; every step of the run must go through cached_train_step")
-    micro_batches, rng_states, cached = [], [], []
-    for _ in range(cfg.grad_accum):
-        fetch = time.perf_counter()
-        batch = next(batches)
-        metrics.data_wait_s += time.perf_counter() - fetch
-        micro_batches.append(batch)
-        rng_states.append(_rng_state(batch["images"].device))
-        with torch.no_grad():
-            outputs = engine(**_model_inputs(batch))
-        cached.append({name: outputs[name] for name in CACHED})
+    micro_batches = [_fetch(batches, metrics) for _ in range(cfg.grad_accum)]
+    rng_states, cached = _first_pass(engine, micro_batches)
     for index, batch in enumerate(micro_batches):
         _set_rng_state(rng_states[index])
         outputs = _spliced(engine(**_model_inputs(batch)), cached, index, cfg.grad_accum)
@@ -61,6 +53,24 @@ def cached_train_step(engine, optimizer: torch.optim.Optimizer, batches: Iterato
         else:
             engine.step()  # DeepSpeed only counts the micro-batch here
     return sum(batch["images"].shape[0] for batch in micro_batches)
+
+
+def _fetch(batches: Iterator[dict], metrics: step.StepMetrics) -> dict:
+    started = time.perf_counter()
+    batch = next(batches)
+    metrics.data_wait_s += time.perf_counter() - started
+    return batch
+
+
+def _first_pass(engine, micro_batches: list[dict]) -> tuple[list[RngState], list[dict]]:
+    """(RNG state before each forward, each micro-batch's features [b, D]) from no-grad forwards."""
+    rng_states, cached = [], []
+    for batch in micro_batches:
+        rng_states.append(_rng_state(batch["images"].device))
+        with torch.no_grad():
+            outputs = engine(**_model_inputs(batch))
+        cached.append({name: outputs[name] for name in CACHED})
+    return rng_states, cached
 
 
 def _model_inputs(batch: dict) -> dict:

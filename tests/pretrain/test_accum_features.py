@@ -152,3 +152,13 @@ def test_deepspeed_cached_step_takes_the_big_batch_gradient(nproc, stage):
         assert found["max_grad"]["clip.logit_scale"] > 1e-3
         for name, diff in found["max_diff"].items():
             assert diff <= 1e-6 + 1e-4 * found["max_grad"][name], (mlm, name, diff, found["max_grad"][name])
+
+
+@pytest.mark.slow
+def test_cached_step_has_no_device_read(demo_shards, tmp_path):
+    """The cache adds no host read: saving and restoring RNG states reads host-side generator state."""
+    from tests.pretrain.test_step_sync import probe as sync_probe
+
+    found = sync_probe(demo_shards, tmp_path, "zero.stage=0", "precision=bf16", "loss.mlm_weight=0.5",
+                       "loss.accum_features=true")
+    assert found["steps"] == 5 and found["step_reads"] == {}, found
