@@ -36,11 +36,12 @@ class LossConfig:
     mlm_probability: float = 0.15
     cyclip_cross_weight: float = 0.0  # CyCLIP (Goel et al. 2022) regularisers; 0 = off, the paper uses 0.25
     cyclip_inmodal_weight: float = 0.0
+    accum_features: bool = False  # grad_accum > 1: negatives from the whole accumulated batch (pretrain/accum.py)
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
             raise ValueError(f"kind: {self.kind!r} is not a loss kind; use one of {', '.join(LOSS_KINDS)}")
-        for name in ("local_loss", "gather_with_grad"):
+        for name in ("local_loss", "gather_with_grad", "accum_features"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         if not (isinstance(self.max_logit_scale, (int, float)) and self.max_logit_scale > 1):

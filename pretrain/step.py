@@ -81,6 +81,9 @@ def train_step(engine, optimizer: torch.optim.Optimizer, batches: Iterator[dict]
                rank: int, world_size: int, metrics: StepMetrics) -> int:
     """Feeds micro-batches until DeepSpeed has taken one optimizer step (or skipped it); returns
     the samples this rank consumed. Reads nothing back from the device."""
+    if cfg.loss.accum_features and cfg.grad_accum > 1:  # negatives from the whole accumulated batch
+        from clip_pretrain.pretrain.accum import cached_train_step
+        return cached_train_step(engine, optimizer, batches, cfg, rank, world_size, metrics)
     samples, first_step = 0, engine.global_steps
     while engine.global_steps == first_step:
         fetch = time.perf_counter()

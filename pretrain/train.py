@@ -3,8 +3,9 @@
     python -m clip_pretrain.pretrain.train --config pretrain/configs/demo.yaml [--resume auto] [key=value ...]
 
 Run it under torchrun, srun or as one plain process. Gradient accumulation is DeepSpeed's: each
-micro-batch's contrastive loss takes its negatives from that micro-batch across all ranks (not from
-the whole accumulated batch as open_clip's --accum-freq feature cache does).
+micro-batch's contrastive loss takes its negatives from that micro-batch across all ranks, unless
+loss.accum_features=true, where they span the whole accumulated batch (open_clip's --accum-freq
+feature cache, pretrain/accum.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The option matrix, trained end to end: 2 processes (gloo), every precision x ZeRO stage 0/2/3,
-MLM, gradient accumulation, SigLIP, local loss, CyCLIP and resampled mode. Each run must give finite
-losses that go down and an export that open_clip loads and runs."""
+MLM, gradient accumulation (also with the feature cache), SigLIP, local loss, CyCLIP, EMA, the
+temperature options and resampled mode. Each run must give finite losses that go down and an
+export that open_clip loads and runs."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ RUNS = {
                                           "loss.init_logit_scale=10", "loss.init_logit_bias=-5",
                                           "optim.logit_scale_lr=1e-3"],
     "fp32-zero2-cyclip": ["precision=fp32", "zero.stage=2", "loss.cyclip_cross_weight=0.25", "loss.cyclip_inmodal_weight=0.25"],
+    "bf16-zero2-accumfeat": ["precision=bf16", "zero.stage=2", "loss.accum_features=true"],
 }
 
 

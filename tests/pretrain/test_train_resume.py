@@ -115,6 +115,15 @@ def test_resume_is_exact_with_cyclip(demo_shards, tmp_path):
         assert resumed == pytest.approx(value, abs=1e-6), (step, name)
 
 
+def test_resume_is_exact_with_accum_features(demo_shards, tmp_path):
+    """The feature cache replays each micro-batch's patch-dropout masks from a saved RNG state: a
+    resumed run draws the same masks in both passes and continues the loss exactly."""
+    args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", "zero.stage=0",
+            "micro_batch=4", "grad_accum=2", "loss.accum_features=true", "model.patch_dropout=0.5"]
+    torchrun(2, [*args, f"run_dir={tmp_path / 'full'}"])
+    assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: torchrun(2, [*args, *extra]))
+
+
 def test_device_decode_trains_like_cpu_decode_and_resumes_exactly(demo_shards, tmp_path):
     """data.decode=gpu (run here with torchvision's CPU decoder in the trainer process): the
     losses follow CPU decode's (same crops, pixels within the resampling kernel's noise), and a
