@@ -13,6 +13,7 @@ from clip_pretrain.pretrain.config import ConfigError, load_config
 from clip_pretrain.pretrain.engine import build_optimizer, lr_lambda
 from clip_pretrain.pretrain.losses import LossConfig, compute_objective, logit_scale_value
 from clip_pretrain.pretrain.model import ModelConfig, build_model
+from tests.pretrain.runner import run_one_rank_script
 
 
 def unit_features(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -160,17 +161,5 @@ for stage in (0, 1, 2, 3):
 def test_logit_scale_lr_is_applied_at_every_zero_stage() -> None:
     """DeepSpeed keeps the temperature group's own lr at ZeRO 0-3: one step moves logit_scale
     and logit_bias by ~logit_scale_lr and the other weights by ~lr."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PYTHONPATH": str(repo)}
-    result = subprocess.run([sys.executable, "-c", ZERO_SCRIPT], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    result = run_one_rank_script(ZERO_SCRIPT, timeout=600)
     assert result.stdout.count("STAGE_OK") == 4, result.stdout[-2000:] + result.stderr[-3000:]

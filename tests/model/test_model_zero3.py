@@ -2,15 +2,10 @@
 (incl. the MLM pass and logit_scale/bias read outside clip.forward) gives the plain model's loss."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.pretrain.runner import run_one_rank_script
+
 SCRIPT = """
 import torch
 torch.set_num_threads(1)
@@ -42,10 +37,5 @@ print("ZERO3_OK")
 
 @pytest.mark.slow
 def test_zero3_forward_matches_plain_model() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = run_one_rank_script(SCRIPT)
     assert "ZERO3_OK" in result.stdout, result.stderr[-3000:]

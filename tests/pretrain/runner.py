@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,16 @@ def torchrun(nproc: int, train_args: list[str], **kwargs) -> subprocess.Complete
         ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "clip_pretrain.pretrain.train", *train_args],
         **kwargs,
     )
+
+
+def run_one_rank_script(script: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs `python -c script` as rank 0 of a world of 1 (the env DeepSpeed's init reads), on a free port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
