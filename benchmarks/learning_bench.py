@@ -111,6 +111,14 @@ class RunRecord:
     train_s: float
     eval_s: float
     log: str
+    training: dict[str, float] = field(default_factory=dict)  # ours / variants: end-of-training figures
+
+
+def training_figures(run_dir: Path) -> dict[str, float]:
+    """What only the training log knows: the masked-token accuracy of the last logged interval
+    when the run trained MLM (the eval suite scores the contrastive towers only)."""
+    records = [record for record in read_our_metrics(run_dir) if record.get("mlm", 0) > 0]
+    return {"mlm_accuracy": float(records[-1]["mlm_accuracy"])} if records else {}
 
 
 def say(text: str) -> None:
@@ -399,6 +407,20 @@ def markdown(summary: dict[str, dict], setups: dict[str, DatasetSetup], info: di
     return "\n".join(lines) + "\n"
 
 
+def mlm_lines(records: list[RunRecord]) -> str:
+    """Masked-token accuracy of the trainers that trained MLM, mean over seeds per dataset."""
+    lines = []
+    for trainer in trainer_order(records):
+        by_dataset = {}
+        for record in records:
+            if record.trainer == trainer and "mlm_accuracy" in record.training:
+                by_dataset.setdefault(record.dataset, []).append(record.training["mlm_accuracy"])
+        if by_dataset:
+            shown = ", ".join(f"{dataset} {percent(mean_std(values))}" for dataset, values in by_dataset.items())
+            lines.append(f"- {trainer}: MLM masked-token accuracy at the end of training (%): {shown}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def machine_info() -> dict:
     from importlib.metadata import version
 
@@ -575,7 +597,8 @@ def run_all(setups: dict[str, DatasetSetup], seeds: list[int], work: Path, threa
         eval_start = time.perf_counter()
         metrics = score(export, setup.suite)
         eval_s = time.perf_counter() - eval_start
-        records.append(RunRecord(setup.name, seed, name, metrics, train_s, eval_s, log))
+        training = training_figures(export.parent) if name != "theirs" else {}  # ours: RUN/export
+        records.append(RunRecord(setup.name, seed, name, metrics, train_s, eval_s, log, training))
         elapsed = time.perf_counter() - start
         eta = elapsed / index * (len(plan) - index)
         shown = ", ".join(f"{key} {100 * value:.1f}%" for key, value in metrics.items())
@@ -638,7 +661,7 @@ def write_results(out: Path, setups: dict[str, DatasetSetup], records: list[RunR
                   total_s: float, argv: list[str] | None, baseline_json: str | None = None) -> None:
     info = machine_info()
     summary = summarize(records)
-    table = markdown(summary, setups, info, plan.seeds, plan.variants, baseline_json)
+    table = markdown(summary, setups, info, plan.seeds, plan.variants, baseline_json) + mlm_lines(records)
     command = "python -m benchmarks.learning_bench " + " ".join(sys.argv[1:] if argv is None else argv)
     table += f"\nTotal wall time {minutes(total_s)}. Command: `{command.strip()}`\n"
     settings = recipe_settings({name: setup.samples for name, setup in setups.items()})

@@ -67,6 +67,23 @@ def record(seed: int, trainer: str, value: float, dataset: str = "demo") -> benc
     return bench.RunRecord(dataset, seed, trainer, {key: value for key, _, _ in bench.METRICS}, 1.0, 1.0, "log")
 
 
+def test_mlm_accuracy_comes_from_the_last_mlm_interval(tmp_path) -> None:
+    lines = [{"event": "start"}, {"step": 10, "loss": 3.0, "mlm": 9.0, "mlm_accuracy": 0.1},
+             {"step": 20, "loss": 2.0, "mlm": 7.0, "mlm_accuracy": 0.3}, {"step": 20, "zeroshot_top1": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    assert bench.training_figures(tmp_path) == {"mlm_accuracy": 0.3}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0, "mlm": 0.0, "mlm_accuracy": 0.0}))
+    assert bench.training_figures(tmp_path) == {}  # MLM off: nothing to report
+
+
+def test_mlm_lines_report_each_mlm_trainer_per_dataset() -> None:
+    records = [record(0, "ours", 0.2), record(0, "mlm", 0.2), record(1, "mlm", 0.2), record(0, "mlm", 0.2, "coco")]
+    for run, accuracy in zip(records[1:], (0.2, 0.4, 0.5)):
+        run.training = {"mlm_accuracy": accuracy}
+    assert bench.mlm_lines(records) == "- mlm: MLM masked-token accuracy at the end of training (%): demo 30.0 ± 14.1, coco 50.0 ± 0.0\n"
+    assert bench.mlm_lines(records[:1]) == ""
+
+
 def test_summary_means_stds_and_difference() -> None:
     records = [record(0, "ours", 0.2), record(1, "ours", 0.4), record(0, "theirs", 0.1), record(1, "theirs", 0.1)]
     entry = bench.summarize(records)["demo"]["zeroshot_top1"]
