@@ -101,16 +101,18 @@ def test_resume_is_exact_with_ema_and_temperature_options(demo_shards, tmp_path)
     assert not torch.equal(ema["text_projection"], raw["text_projection"])  # the export is the average
 
 
-def test_resume_is_exact_with_cyclip(demo_shards, tmp_path):
-    """CyCLIP's terms are pure functions of the gathered features (no state of their own): a resumed
-    2-process run continues the loss, CyCLIP parts included, exactly."""
+def test_resume_is_exact_with_cyclip_and_mlm(demo_shards, tmp_path):
+    """CyCLIP's terms are pure functions of the gathered features (no state of their own) and the
+    MLM masks are drawn from seeds derived from the stream position: a resumed 2-process run
+    continues the loss, the CyCLIP and MLM parts and the masked-token accuracy included, exactly."""
     args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", "zero.stage=0",
-            "loss.cyclip_cross_weight=0.25", "loss.cyclip_inmodal_weight=0.25"]
+            "loss.cyclip_cross_weight=0.25", "loss.cyclip_inmodal_weight=0.25", "loss.mlm_weight=0.2"]
     torchrun(2, [*args, f"run_dir={tmp_path / 'full'}"])
     assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: torchrun(2, [*args, *extra]))
+    names = ("cyclip_cross", "cyclip_inmodal", "mlm", "mlm_accuracy")
     parts = {run: [(m["step"], name, m[name]) for m in read_metrics(tmp_path / run)
-                   if m["step"] >= 4 and "loss" in m for name in ("cyclip_cross", "cyclip_inmodal")] for run in ("full", "resumed")}
-    assert len(parts["full"]) == 6 and all(value > 0 for _, _, value in parts["full"])
+                   if m["step"] >= 4 and "loss" in m for name in names] for run in ("full", "resumed")}
+    assert len(parts["full"]) == 12 and all(value > 0 for _, name, value in parts["full"] if name != "mlm_accuracy")
     for (step, name, value), (_, _, resumed) in zip(parts["full"], parts["resumed"], strict=True):
         assert resumed == pytest.approx(value, abs=1e-6), (step, name)
 
