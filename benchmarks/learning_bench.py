@@ -35,8 +35,10 @@ Ablations:
   --trainers ours,peer|none      which baseline trainers to run (default both); variants always run.
   --baseline-json PATH  reuse the ours/peer records of a previous results JSON instead of training
         them; refused unless its recipe (model, batch, lr, ..., samples per dataset, seeds,
-        datasets) is this run's. E.g. ablate against the committed baseline:
-        `--baseline-json benchmarks/results/learning-2026-11-28-cpu.json --variant NAME:...`
+        datasets) is this run's and it ran each dataset on the shards this run built (the
+        shards_sha256 every results JSON records; older JSONs get a warning). E.g.
+        `--datasets coco --seeds 5 --baseline-json benchmarks/results/learning-coco-5seeds-2026-11-29.json
+        --variant NAME:...`
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,6 +103,20 @@ class DatasetSetup:
     suite: Path
     samples: int
     notes: list[str] = field(default_factory=list)
+    shards_sha256: str = ""  # shards_fingerprint of the train + eval shards
+
+
+def shards_fingerprint(folder: Path) -> str:
+    """sha256 over every tar member's name and bytes, in file and member order (not the tar headers,
+    whose mtimes differ between builds): equal exactly when two runs saw the same samples."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isfile():
+                    digest.update(member.name.encode())
+                    digest.update(tar.extractfile(member).read())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -544,6 +561,20 @@ def recipe_mismatch(payload: dict, samples: dict[str, int], seeds: list[int]) ->
     return None
 
 
+def check_baseline_shards(path: str, setups: dict[str, DatasetSetup]) -> None:
+    """Refuses a baseline that trained or scored a dataset on other shards than this run built (the
+    recipe check cannot see the data); one from before fingerprints were recorded gets a warning."""
+    recorded = json.loads(Path(path).read_text()).get("settings", {}).get("datasets", {})
+    for name, setup in setups.items():
+        theirs = recorded.get(name, {}).get("shards_sha256")
+        if theirs is None:
+            say(f"warning: --baseline-json {path} records no shards_sha256 for {name}: cannot check that "
+                "its runs used this run's shards")
+        elif theirs != setup.shards_sha256:
+            raise BenchError(f"--baseline-json: {path} ran {name} on other shards (sha256 {theirs[:12]}, this run "
+                             f"{setup.shards_sha256[:12]}); rerun the baseline on these shards")
+
+
 def load_baseline(path: str, samples: dict[str, int], seeds: list[int], trainers: list[str]) -> list[RunRecord]:
     """The `trainers` records of a previous results JSON, refused unless its recipe is this run's
     and it holds every (dataset, seed, trainer) this run needs."""
@@ -576,6 +607,7 @@ def prepare(datasets: list[str], args: argparse.Namespace, work: Path, threads: 
             continue
         else:
             setups[dataset] = prepare_coco(work, samples, shared, workers=threads)
+        setups[dataset].shards_sha256 = shards_fingerprint(Path(setups[dataset].shards))
         say(f"{dataset}: shards ready in {time.perf_counter() - start:.0f} s ({samples} samples per run)")
     return setups
 
@@ -645,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
             setups = prepare(plan.datasets, args, work, threads)
             if not setups:
                 raise BenchError("no dataset to run")
+            if args.baseline_json:
+                check_baseline_shards(args.baseline_json, setups)
             records = run_all(setups, plan.seeds, work, threads, plan.trainers, plan.variants)
             reused = [record for record in plan.reused if record.dataset in setups]
             write_results(Path(args.out), setups, reused + records, plan, time.perf_counter() - start, argv,
@@ -667,6 +701,7 @@ def write_results(out: Path, setups: dict[str, DatasetSetup], records: list[RunR
     settings = recipe_settings({name: setup.samples for name, setup in setups.items()})
     for name, setup in setups.items():
         settings["datasets"][name]["notes"] = setup.notes
+        settings["datasets"][name]["shards_sha256"] = setup.shards_sha256
     payload = {
         "machine": info, "command": command.strip(), "total_s": total_s, "seeds": plan.seeds, "settings": settings,
         "variants": {variant.name: list(variant.overrides) for variant in plan.variants},

@@ -184,6 +184,40 @@ def test_baseline_missing_a_run_is_refused(tmp_path) -> None:
         bench.load_baseline(path, {"demo": 6016}, [0, 1], ["ours", "theirs"])
 
 
+def write_tar(path, members: dict[str, bytes], mtime: int) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), mtime
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_shards_fingerprint_sees_samples_not_tar_headers(tmp_path) -> None:
+    samples = {"000.jpg": b"image", "000.txt": b"a red circle"}
+    for folder, mtime in (("a", 1), ("b", 2)):
+        (tmp_path / folder / "train").mkdir(parents=True)
+        write_tar(tmp_path / folder / "train" / "shard-000000.tar", samples, mtime)
+    (tmp_path / "c" / "train").mkdir(parents=True)
+    write_tar(tmp_path / "c" / "train" / "shard-000000.tar", {**samples, "000.txt": b"a blue circle"}, 1)
+    a, b, c = (bench.shards_fingerprint(tmp_path / folder) for folder in "abc")
+    assert a == b and a != c
+
+
+def test_baseline_on_other_shards_is_refused(tmp_path) -> None:
+    path = tmp_path / "baseline.json"
+    setups = {"demo": bench.DatasetSetup("demo", "x", tmp_path, 6016, shards_sha256="ab" * 32)}
+    path.write_text(json.dumps({"settings": {"datasets": {"demo": {"samples": 6016, "shards_sha256": "ab" * 32}}}}))
+    bench.check_baseline_shards(str(path), setups)  # the same shards
+    path.write_text(json.dumps({"settings": {"datasets": {"demo": {"samples": 6016}}}}))
+    bench.check_baseline_shards(str(path), setups)  # written before fingerprints: a warning only
+    path.write_text(json.dumps({"settings": {"datasets": {"demo": {"samples": 6016, "shards_sha256": "cd" * 32}}}}))
+    with pytest.raises(bench.BenchError, match="ran demo on other shards .sha256 cdcdcdcdcdcd, this run abababababab"):
+        bench.check_baseline_shards(str(path), setups)
+
+
 def test_committed_baseline_is_reusable() -> None:
     path = str(bench.REPO / "benchmarks" / "results" / "learning-2026-11-28-cpu.json")
     records = bench.load_baseline(path, {"demo": 6016, "coco": 3008}, [0, 1, 2], ["ours", "theirs"])
