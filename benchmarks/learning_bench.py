@@ -1,7 +1,7 @@
 """Learning benchmark: what our trainer and open_clip_train learn from the same data, scored alike.
 
-    python -m benchmarks.learning_bench [--datasets demo,coco] [--seeds 3] [--samples N] [--out DIR]
-                                        [--shared-data ../shared/data] [--threads N] [--keep]
+    python -m benchmarks.learning_bench [--datasets demo,coco] [--seeds 3] [--first-seed 0] [--samples N]
+                                        [--out DIR] [--shared-data ../shared/data] [--threads N] [--keep]
                                         [--trainers ours,peer|none] [--variant NAME:key=value,...]...
                                         [--baseline-json PATH]
 
@@ -457,7 +457,9 @@ def machine_info() -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="demo,coco", help="comma list of demo, coco")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per dataset and trainer")
+    parser.add_argument("--seeds", type=int, default=3, help="N seeds per dataset and trainer: FIRST..FIRST+N-1")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="FIRST",
+                        help="the first seed (default 0): confirm an option chosen on seeds 0-4 on unseen seeds 5-9")
     parser.add_argument("--samples", type=int, default=None,
                         help=f"training samples per run (default: demo {DEFAULT_SAMPLES['demo']}, coco {DEFAULT_SAMPLES['coco']})")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for learning-DATE-cpu.{json,md}")
@@ -525,6 +527,8 @@ def check_args(args: argparse.Namespace) -> list[str]:
         raise BenchError(f"--datasets: {args.datasets!r}; choose from {', '.join(DEFAULT_SAMPLES)}")
     if args.seeds < 1:
         raise BenchError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.first_seed < 0:
+        raise BenchError(f"--first-seed: must be >= 0, got {args.first_seed}")
     if args.samples is not None and args.samples < 2 * BATCH_SIZE:
         raise BenchError(f"--samples: need at least two batches ({2 * BATCH_SIZE}), got {args.samples}")
     return datasets
@@ -652,7 +656,7 @@ class Plan:
 def make_plan(args: argparse.Namespace) -> Plan:
     """Every check that needs no training, so a bad flag fails in seconds."""
     datasets = check_args(args)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     trainers, variants = parse_trainers(args.trainers), parse_variants(args.variant)
     if not trainers and not variants:
         raise BenchError("--trainers none with no --variant: nothing to run")

@@ -141,6 +141,14 @@ def test_nothing_to_run_and_baseline_without_trainers_are_refused() -> None:
         bench.make_plan(args)
 
 
+def test_first_seed_shifts_the_seeds() -> None:
+    variant = ["--trainers", "none", "--variant", "a:optim.lr=1e-3"]
+    assert bench.make_plan(bench.parse_args(["--seeds", "3", *variant])).seeds == [0, 1, 2]
+    assert bench.make_plan(bench.parse_args(["--seeds", "5", "--first-seed", "5", *variant])).seeds == [5, 6, 7, 8, 9]
+    with pytest.raises(bench.BenchError, match="--first-seed: must be >= 0, got -1"):
+        bench.make_plan(bench.parse_args(["--first-seed", "-1", *variant]))
+
+
 def write_baseline(tmp_path, samples: dict, seeds: list[int], **settings) -> str:
     runs = [vars(record(seed, trainer, 0.1 * seed, dataset)) for dataset in samples for seed in seeds
             for trainer in ("ours", "theirs")]
@@ -162,6 +170,7 @@ def test_baseline_records_are_reused(tmp_path) -> None:
 
 @pytest.mark.parametrize("flags, settings, match", [
     (["--seeds", "3"], {}, r"has seeds \[0, 1\], this run \[0, 1, 2\]"),
+    (["--first-seed", "2"], {}, r"has seeds \[0, 1\], this run \[2, 3\]"),
     (["--samples", "640"], {}, "has demo samples 6016, this run 640"),
     ([], {"lr": 1e-3}, "has lr 0.001, this run 0.002"),
     ([], {"model": "clip-small"}, "has model 'clip-small', this run 'clip-tiny'"),
