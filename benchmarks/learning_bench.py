@@ -492,7 +492,7 @@ def parse_variant(text: str) -> Variant:
         raise BenchError(f"--variant {text!r}: expected NAME:key=value,... with NAME of letters, digits and _")
     if name in RESERVED_NAMES:
         raise BenchError(f"--variant {text!r}: {name!r} is reserved; pick another name")
-    overrides = tuple(item.strip() for item in body.split(","))
+    overrides = tuple(item.strip() for item in re.split(r",(?![^\[]*\])", body))  # not inside [a,b]
     bad = [item for item in overrides if not item.partition("=")[0].strip() or "=" not in item]
     if not body.strip() or bad:
         raise BenchError(f"--variant {name}: {(bad or [body])[0]!r} is not key=value (e.g. loss.mlm_weight=0.1)")

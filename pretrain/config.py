@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
+from clip_pretrain.data.augment import AugmentConfig
 from clip_pretrain.data.loader import DataConfig
 from clip_pretrain.pretrain.config_env import expand_env
 from clip_pretrain.pretrain.ema import EmaConfig
@@ -152,6 +153,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_nonfinite_steps: int = 5  # stop after this many consecutive non-finite losses
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -175,6 +177,10 @@ class TrainConfig:
             "fp16 with zero.stage >= 1 and optim.grad_clip > 0 is not supported (DeepSpeed clips the "
             "still-scaled gradients); use precision=bf16, zero.stage=0, or optim.grad_clip=0",
         )
+        if self.data.decode == "gpu" and self.augment.pixel_ops:
+            # The device decoder reproduces the random crop only; colour changes stay on the CPU path.
+            raise ConfigError(f"config key augment.{self.augment.pixel_ops[0]}: data.decode=gpu only crops on the "
+                              "device; use data.decode=cpu for colour augmentation, or set it to 0")
         if self.ema.enabled and self.zero.stage == 3:
             # Each rank holds only its partition of every parameter: the EMA would average shards.
             raise ConfigError("config key ema.decay: EMA needs whole parameters on every rank, which ZeRO-3 "

@@ -91,7 +91,8 @@ def build_everything(cfg: TrainConfig, dist: DistContext) -> RunParts:
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from clip_pretrain.data.device import DeviceNormalizer, split_normalize
+    from clip_pretrain.data.augment import train_transform
+    from clip_pretrain.data.device import DeviceNormalizer
     from clip_pretrain.data.device_decode import CropPlan, DeviceDecoder
     from clip_pretrain.data.loader import build_loader
     from clip_pretrain.pretrain.engine import build_engine
@@ -100,8 +101,7 @@ def build_everything(cfg: TrainConfig, dist: DistContext) -> RunParts:
     configure_backends(dist.device)
     model = build_model(cfg.model, cfg.loss).to(dist.device)
     preprocess_cfg = PreprocessCfg(**model.clip.visual.preprocess_cfg)
-    # Workers stop at uint8 pixels; the float conversion and Normalize run on the device.
-    preprocess_train, mean, std = split_normalize(image_transform_v2(preprocess_cfg, is_train=True))
+    preprocess_train, mean, std = train_transform(model.clip.visual.preprocess_cfg, cfg.augment)
     preprocess_val = image_transform_v2(preprocess_cfg, is_train=False)
     tokenizer = open_clip.get_tokenizer(cfg.model.name)
     engine, optimizer = build_engine(model, cfg, dist)

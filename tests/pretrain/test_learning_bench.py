@@ -95,6 +95,8 @@ def test_parse_variant_and_trainers() -> None:
     variant = bench.parse_variant("cyc_1:loss.mlm_weight=0.1, optim.lr=1e-3")
     assert variant == bench.Variant("cyc_1", ("loss.mlm_weight=0.1", "optim.lr=1e-3"))
     assert bench.parse_variant("a:data.train=x=y").overrides == ("data.train=x=y",)  # value may hold '='
+    aug = bench.parse_variant("aug:augment.scale=[0.5, 1.0],augment.color_jitter=[0.4,0.4,0.4,0.1],optim.lr=1")
+    assert aug.overrides == ("augment.scale=[0.5, 1.0]", "augment.color_jitter=[0.4,0.4,0.4,0.1]", "optim.lr=1")
     assert bench.parse_trainers("peer,ours") == ["ours", "theirs"]
     assert bench.parse_trainers("none") == [] and bench.parse_trainers("peer") == ["theirs"]
 
@@ -127,7 +129,7 @@ def test_variant_names_are_unique() -> None:
 
 
 def test_variant_config_is_loaded_before_training() -> None:
-    bench.check_variant_configs([bench.parse_variant("ok:loss.mlm_weight=0.1")], 6016)
+    bench.check_variant_configs([bench.parse_variant("ok:loss.mlm_weight=0.1,augment.scale=[0.5,1]")], 6016)
     variants = [bench.parse_variant("ok:loss.mlm_weight=0.1"), bench.parse_variant("typo:loss.mlm_wieght=0.1")]
     with pytest.raises(bench.BenchError, match=r"^--variant typo: config key loss.mlm_wieght: unknown key"):
         bench.check_variant_configs(variants, 6016)

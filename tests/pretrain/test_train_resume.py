@@ -69,13 +69,20 @@ def test_one_process_zero3_resumes_exactly(demo_shards, tmp_path):
     assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: run_module([*args, *extra]))
 
 
-def test_resume_is_exact_with_patch_dropout(demo_shards, tmp_path):
+def test_resume_is_exact_with_patch_dropout_and_augmentation(demo_shards, tmp_path):
     """FLIP patch dropout draws its masks from each rank's torch RNG (seeded per rank, saved per
-    rank in every checkpoint): a resumed run drops the same patches and continues the loss exactly."""
+    rank in every checkpoint) and the augmentations from each sample's seed (stream position):
+    a resumed run drops the same patches, crops and colours alike and continues the loss exactly."""
+    import yaml
+
+    augment = ["augment.scale=[0.4,1.0]", "augment.color_jitter=[0.4,0.4,0.4,0.1]", "augment.color_jitter_prob=0.8",
+               "augment.gray_scale_prob=0.2"]
     args = ["--config", "pretrain/configs/smoke.yaml", f"data.train={demo_shards}", "zero.stage=0",
-            "model.patch_dropout=0.5"]
+            "model.patch_dropout=0.5", *augment]
     torchrun(2, [*args, f"run_dir={tmp_path / 'full'}"])
     assert_resume_from_step3_is_exact(tmp_path / "full", tmp_path / "resumed", lambda extra: torchrun(2, [*args, *extra]))
+    saved = yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())["augment"]
+    assert saved == {"scale": [0.4, 1.0], "color_jitter": [0.4, 0.4, 0.4, 0.1], "color_jitter_prob": 0.8, "gray_scale_prob": 0.2}
 
 
 def test_resume_is_exact_with_ema_and_temperature_options(demo_shards, tmp_path):
