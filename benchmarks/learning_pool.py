@@ -17,12 +17,16 @@ import sys
 from pathlib import Path
 
 from benchmarks.learning_bench import (
-    BenchError, DatasetSetup, RunRecord, Variant, baseline_table, mlm_lines, say, summarize, variant_table,
+    BenchError, DatasetSetup, RunRecord, Variant, baseline_table, mlm_lines, summarize, variant_table,
 )
 
 # What a pooled file must share with the first one (besides the datasets, checked one by one).
 RECIPE_KEYS = ("model", "batch_size", "lr", "weight_decay", "betas", "eps", "grad_clip", "warmup_fraction",
                "precision", "processes", "data_workers")
+
+
+def say(text: str) -> None:
+    print(f"learning_pool: {text}", file=sys.stderr, flush=True)
 
 
 def load(path: str) -> dict:
