@@ -27,7 +27,8 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if not (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1):
-            raise ValueError(f"scale: must be [low, high] with 0 < low <= high <= 1 (open_clip uses [0.9, 1.0]), got {self.scale!r}")
+            raise ValueError(f"scale: must be [low, high] with 0 < low <= high <= 1 (open_clip uses [0.9, 1.0]), "
+                             f"got {self.scale!r}")
         for name in ("color_jitter_prob", "gray_scale_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}: must be a probability in [0, 1], got {getattr(self, name)!r}")
