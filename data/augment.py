@@ -2,16 +2,17 @@
 
 The keys are open_clip's `AugmentationCfg` (open_clip_train's `--aug-cfg`), so a recipe moves between
 the two trainers unchanged: `augment.scale=[0.5,1.0]` here is `--aug-cfg scale='(0.5,1.0)'` there.
-open_clip builds the transform (RandomResizedCrop, then SimCLR-style colour jitter and grayscale);
-this module only validates the values and says which of them the device decoder can reproduce.
+open_clip builds the crop; the SimCLR-style colour jitter and grayscale follow it as in open_clip,
+taken from torchvision so that every random draw comes from torch's per-sample seeded generator
+(`train_transform` says why). This module validates the values and says which of them the device
+decoder can reproduce.
 
 No horizontal flip, on purpose (open_clip has none either): captions say "on the left".
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 
 @dataclass
@@ -44,26 +45,27 @@ class AugmentConfig:
         """The keys that change pixel values after the crop (the device decoder only crops)."""
         return [name for name in ("color_jitter_prob", "gray_scale_prob") if getattr(self, name) > 0]
 
-    def open_clip_cfg(self) -> dict[str, Any]:
-        """The `aug_cfg` for open_clip.transform.image_transform_v2 (only what is switched on)."""
-        cfg: dict[str, Any] = {"scale": tuple(self.scale)}
-        if self.color_jitter_prob > 0:
-            cfg["color_jitter"], cfg["color_jitter_prob"] = tuple(self.color_jitter), self.color_jitter_prob
-        if self.gray_scale_prob > 0:
-            cfg["gray_scale_prob"] = self.gray_scale_prob
-        return cfg
-
 
 def train_transform(preprocess_cfg: dict, augment: AugmentConfig) -> tuple[Callable, tuple[float, ...], tuple[float, ...]]:
-    """open_clip's train transform for a model's `preprocess_cfg` with these augmentations, ending in
-    uint8 pixels: (transform, mean, std); the float conversion and Normalize run on the device."""
+    """open_clip's train transform for a model's `preprocess_cfg` (its RandomResizedCrop at
+    `augment.scale`) with the colour steps after the crop, as open_clip orders them, ending in uint8
+    pixels: (transform, mean, std); the float conversion and Normalize run on the device.
+
+    The colour steps are torchvision's RandomApply(ColorJitter) and RandomGrayscale, the same
+    operations as open_clip's `color_jitter` / `gray_scale`, which draw their coin from Python's
+    `random`: torchvision's draw from torch's generator, which the loader already seeds per sample,
+    so resume stays exact without seeding a second RNG for every sample.
+    """
+    import torchvision.transforms as T
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from clip_pretrain.data.device import split_normalize
 
-    with warnings.catch_warnings():
-        # open_clip 3.3 pops only `scale` before this check, so it calls the jitter and grayscale keys
-        # it has just applied "unused"; the transform test shows they are used.
-        warnings.filterwarnings("ignore", message="Unused augmentation cfg items")
-        transform = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=True, aug_cfg=augment.open_clip_cfg())
-    return split_normalize(transform)
+    base = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=True, aug_cfg={"scale": tuple(augment.scale)})
+    colour = []
+    if augment.color_jitter_prob > 0:
+        colour.append(T.RandomApply([T.ColorJitter(*augment.color_jitter)], p=augment.color_jitter_prob))
+    if augment.gray_scale_prob > 0:
+        colour.append(T.RandomGrayscale(p=augment.gray_scale_prob))
+    steps = base.transforms  # [RandomResizedCrop, MaybeConvertMode, ToTensor, Normalize]
+    return split_normalize(T.Compose([*steps[:-2], *colour, *steps[-2:]]))

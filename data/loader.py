@@ -43,7 +43,6 @@ the logical worker next in line is served first, as in the uninterrupted run.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -373,21 +372,6 @@ class SkipSample(Exception):
         self.reason = reason
 
 
-@contextlib.contextmanager
-def seeded_cpu_rngs(seed: int) -> Iterator[None]:
-    """Torch's CPU generator (crops) and Python's `random` (open_clip's colour jitter and grayscale
-    draw from it) seeded with `seed`, both restored on exit."""
-    python_state = random.getstate()
-    # Only the CPU generator: torch.manual_seed also seeds every accelerator backend (~1 ms).
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-
-
 @dataclass(frozen=True)
 class SampleDecoder:
     """Raw sample dict -> (image tensor [3, H, W], caption) in the worker; raises SkipSample."""
@@ -401,7 +385,7 @@ class SampleDecoder:
     crop_plan: CropPlan | None = None  # data.decode=gpu: JPEGs leave as bytes + crop (data.device_decode)
 
     def __call__(self, sample: dict, augment_seed: int) -> tuple[torch.Tensor | EncodedImage, str]:
-        """``augment_seed`` seeds the RNGs of the random transforms (restored afterwards, so
+        """``augment_seed`` seeds torch's RNG for the random transforms (restored afterwards, so
         in-process loading leaves the training RNG alone): resumed runs get identical images."""
         if self.image_key not in sample or not {self.caption_key, "json"} & sample.keys():
             # e.g. the last sample before the damage in a truncated tar
@@ -409,7 +393,9 @@ class SampleDecoder:
         if "__oversized__" in sample:  # left unread by the tar reader (data.tarstream.MAX_MEMBER_BYTES)
             raise SkipSample("oversized_member", sample["__oversized__"])
         caption = self.caption(sample)
-        with seeded_cpu_rngs(augment_seed):
+        with torch.random.fork_rng(devices=[]):
+            # Only the CPU generator: torch.manual_seed also seeds every accelerator backend (~1 ms).
+            torch.default_generator.manual_seed(augment_seed)
             try:
                 if self.crop_plan is not None and (encoded := prepare(sample[self.image_key], self.crop_plan)):
                     return encoded, caption

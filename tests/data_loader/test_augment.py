@@ -1,4 +1,4 @@
-"""The `augment` config section: validated at load, handed to open_clip's train transform, cropped
+"""The `augment` config section: validated at load, built into open_clip's train transform, cropped
 alike by the device decoder, refused where the device decoder cannot reproduce it."""
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-from open_clip.transform import color_jitter, gray_scale
 from PIL import Image
 
 from clip_pretrain.data.augment import AugmentConfig, train_transform
@@ -35,16 +34,20 @@ def test_defaults_are_open_clips_crop_only() -> None:
     assert isinstance(crop, T.RandomResizedCrop) and crop.scale == (0.9, 1.0)
     assert isinstance(transform.transforms[-1], T.PILToTensor)  # uint8 out, Normalize on the device
     assert (mean, std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    assert not any(isinstance(step, (color_jitter, gray_scale)) for step in transform.transforms)
+    assert not any(isinstance(step, (T.RandomApply, T.RandomGrayscale)) for step in transform.transforms)
 
 
 def test_each_key_reaches_the_transform() -> None:
     augment = AugmentConfig(scale=[0.3, 0.6], color_jitter=JITTER, color_jitter_prob=0.8, gray_scale_prob=0.2)
     transform, _, _ = train_transform(PREPROCESS, augment)
     assert transform.transforms[0].scale == (0.3, 0.6)
-    jitter = next(step for step in transform.transforms if isinstance(step, color_jitter))
-    grey = next(step for step in transform.transforms if isinstance(step, gray_scale))
+    jitter = next(step for step in transform.transforms if isinstance(step, T.RandomApply))
+    grey = next(step for step in transform.transforms if isinstance(step, T.RandomGrayscale))
     assert jitter.p == 0.8 and grey.p == 0.2
+    assert jitter.transforms[0].brightness == pytest.approx((0.2, 1.8)) and jitter.transforms[0].hue == (-0.2, 0.2)
+    # open_clip's order: crop, colour, grey, then the uint8 conversion
+    assert [type(step) for step in transform.transforms].index(T.RandomApply) == 2
+    assert isinstance(transform.transforms[-1], T.PILToTensor)
     assert CropPlan.from_transform(train_transform(PREPROCESS, AugmentConfig(scale=[0.3, 0.6]))[0]).scale == (0.3, 0.6)
 
 
@@ -78,20 +81,18 @@ def test_device_decode_refuses_colour_augmentation() -> None:
         load_config("pretrain/configs/smoke.yaml", ["data.decode=gpu", "augment.gray_scale_prob=0.2"])
 
 
-def test_loader_seeds_the_python_rng_open_clips_jitter_draws_from() -> None:
-    """open_clip's colour jitter and grayscale draw from Python's `random`: the loader seeds it per
-    sample with torch's generator, so a resumed run augments alike, and restores both after."""
+def test_augmentation_draws_only_from_torchs_generator() -> None:
+    """The loader seeds torch's generator per sample (so a resumed run augments alike); nothing in
+    the train transform may draw from Python's `random` (open_clip's own jitter/grayscale do)."""
     import random
-
-    from clip_pretrain.data.loader import seeded_cpu_rngs
 
     transform, _, _ = train_transform(PREPROCESS, AugmentConfig(color_jitter=JITTER, color_jitter_prob=0.5,
                                                                 gray_scale_prob=0.5))
     images = []
     for outside in (1, 2):
         random.seed(outside)
-        torch.manual_seed(outside)
-        with seeded_cpu_rngs(7):
-            images.append(torch.stack([transform(photo()) for _ in range(8)]))
-        assert random.random() == random.Random(outside).random()  # the caller's stream goes on untouched
+        torch.manual_seed(7)
+        images.append(torch.stack([transform(photo()) for _ in range(8)]))
+        assert random.random() == random.Random(outside).random()  # Python's stream was not drawn from
     assert torch.equal(images[0], images[1])
+    assert len({image.float().mean().item() for image in images[0]}) > 1  # the coins did vary per image
