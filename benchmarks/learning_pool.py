@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 
 from benchmarks.learning_bench import (
-    BenchError, DatasetSetup, RunRecord, Variant, baseline_table, mlm_lines, summarize, variant_table,
+    BenchError, DatasetSetup, RunRecord, Variant, baseline_table, mlm_lines, recipe_settings, summarize, variant_table,
 )
 
-# What a pooled file must share with the first one (besides the datasets, checked one by one).
-RECIPE_KEYS = ("model", "batch_size", "lr", "weight_decay", "betas", "eps", "grad_clip", "warmup_fraction",
-               "precision", "processes", "data_workers")
+# What a pooled file must share with the first one: the bench's recipe (the datasets are checked one by one).
+RECIPE_KEYS = tuple(key for key in recipe_settings({}) if key != "datasets")
 
 
 def say(text: str) -> None:
